@@ -1,0 +1,8 @@
+"""Tunables with their defaults, in one place (read at call time, so tests may change them)."""
+
+# Numba fast-math flags for the CPU kernels. Only 'contract' (fused multiply-add): the others would let
+# LLVM assume finite values or reorder sums, and NaN/Inf must propagate exactly as in the reference.
+FASTMATH = {"contract"}
+
+# Cache compiled CPU kernels on disk (NUMBA_CACHE_DIR chooses where).
+CACHE = True

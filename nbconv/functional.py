@@ -1,0 +1,120 @@
+"""Public functions: validate the arguments, pick a backend, run its kernel."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from nbconv import cpu
+from nbconv.dispatch import choose_backend, cuda_module
+from nbconv.dtypes import conv_dtypes
+from nbconv.geometry import ConvGeometry, conv_geometry
+
+
+@dataclass(frozen=True)
+class ConvCall:
+    """One validated conv3d call: sizes, precisions and the caller's layout."""
+
+    geometry: ConvGeometry
+    compute_dtype: np.dtype
+    result_dtype: np.dtype
+    channel_first: bool
+    batched: bool
+
+    @property
+    def result_shape(self):
+        n, d, h, w, c = self.geometry.out_shape
+        shape = (n, c, d, h, w) if self.channel_first else (n, d, h, w, c)
+        return shape if self.batched else shape[1:]
+
+
+def conv3d(x, w, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, bias=None,
+           channel_first=False, backend="auto", out=None):
+    """3-D convolution with the semantics of ``jax.lax.conv_general_dilated``.
+
+    x: (N, D, H, W, Cin), or (N, Cin, D, H, W) with ``channel_first=True``; 4-D for one unbatched sample.
+    w: (KD, KH, KW, Cin // groups, Cout). Returns (N, D', H', W', Cout) (channels first if asked).
+    padding: 'SAME', 'VALID', an int, 3 ints, or (lo, hi) pairs (one for all axes, or three).
+    stride, lhs_dilation (input), rhs_dilation (kernel): an int or 1 or 3 ints.
+    bias: None or Cout values added per output channel. out: a C-contiguous array of the result's
+    shape and dtype to fill. backend: 'auto' (CUDA for device arrays), 'cpu' or 'cuda'.
+    """
+    backend = choose_backend(backend, x, w, bias)
+    if backend == "cpu":
+        x, w = _host_array(x, "x"), _host_array(w, "w")
+        bias = None if bias is None else _host_array(bias, "bias")
+    call = _validate(x, w, bias, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
+    if out is not None:
+        _check_out(out, call, x, w)
+    run = cuda_module().conv3d if backend == "cuda" else _conv3d_cpu
+    return run(x, w, bias, call, out)
+
+
+def _host_array(a, name):
+    try:
+        return np.asarray(a)
+    except Exception as err:
+        raise TypeError(f"{name} must be array-like, got {type(a).__name__}") from err
+
+
+def _validate(x, w, bias, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first):
+    if len(x.shape) not in (4, 5):
+        raise ValueError(f"x must be 5-D {_layout(channel_first)} (or 4-D unbatched), got shape "
+                         f"{tuple(x.shape)}")
+    if not isinstance(channel_first, (bool, np.bool_)):
+        raise TypeError(f"channel_first must be a bool, got {channel_first!r}")
+    x_shape = tuple(x.shape) if len(x.shape) == 5 else (1, *x.shape)
+    geometry = conv_geometry(x_shape, tuple(w.shape), stride=stride, padding=padding,
+                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, groups=groups,
+                             channel_first=bool(channel_first))
+    dtypes = [("x", np.dtype(x.dtype)), ("w", np.dtype(w.dtype))]
+    if bias is not None:
+        if int(np.prod(bias.shape)) != geometry.out_channels:
+            raise ValueError(f"bias must have Cout = {geometry.out_channels} elements, got shape "
+                             f"{tuple(bias.shape)}")
+        conv_dtypes(("bias", np.dtype(bias.dtype)))
+    compute, result = conv_dtypes(*dtypes)
+    return ConvCall(geometry, compute, result, bool(channel_first), len(x.shape) == 5)
+
+
+def _layout(channel_first):
+    return "(N, Cin, D, H, W)" if channel_first else "(N, D, H, W, Cin)"
+
+
+def _check_out(out, call, x, w):
+    if not isinstance(out, np.ndarray) and not hasattr(out, "__cuda_array_interface__"):
+        raise TypeError(f"out must be an array, got {type(out).__name__}")
+    if tuple(out.shape) != call.result_shape or np.dtype(out.dtype) != call.result_dtype:
+        raise ValueError(f"out must have shape {call.result_shape} and dtype {call.result_dtype}, got "
+                         f"shape {tuple(out.shape)} and dtype {out.dtype}")
+    if isinstance(out, np.ndarray):
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable C-contiguous array")
+        if any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in (x, w)):
+            raise ValueError("out must not share memory with x or w")
+
+
+def _conv3d_cpu(x, w, bias, call, out):
+    geometry, compute = call.geometry, call.compute_dtype
+    x5 = x if call.batched else x[None]
+    if call.channel_first:
+        x5 = np.moveaxis(x5, 1, -1)
+    x5 = np.ascontiguousarray(x5, dtype=compute)
+    w = np.ascontiguousarray(w, dtype=compute)
+    bias = (np.zeros(geometry.out_channels, compute) if bias is None
+            else np.ascontiguousarray(bias.reshape(-1), dtype=compute))
+    # Write straight into `out` when it already has the kernel's layout and dtype.
+    direct = out is not None and not call.channel_first and out.dtype == compute
+    y = out.reshape(geometry.out_shape) if direct else np.empty(geometry.out_shape, compute)
+    cpu.conv3d(x5, w, bias, geometry, y)
+    return out if direct else to_caller_layout(y, call, out)
+
+
+def to_caller_layout(y, call, out=None):
+    """Channels-last, batched kernel output -> the caller's layout, dtype and `out`."""
+    if call.channel_first:
+        y = np.moveaxis(y, -1, 1)
+    if not call.batched:
+        y = y[0]
+    if out is None:
+        return np.ascontiguousarray(y, dtype=call.result_dtype)
+    out[...] = y
+    return out

@@ -1,0 +1,170 @@
+"""Argument normalisation, validation and output-shape rules, shared by every backend and the layers.
+
+Pure Python and NumPy: nothing here compiles. The rules are those of ``jax.lax.conv_general_dilated``
+(see DESIGN.md §2); ``"SAME"`` with input dilation, which JAX rejects, follows the same formula.
+"""
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+SPATIAL = 3
+
+
+def spatial_triple(value, name):
+    """An int or a sequence of 1 or 3 positive ints -> a tuple of 3 ints."""
+    items = _int_sequence(value, name)
+    if len(items) not in (1, SPATIAL):
+        raise ValueError(f"{name} must be an int or a sequence of 1 or 3 ints, got {value!r}")
+    if any(v < 1 for v in items):
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return items * SPATIAL if len(items) == 1 else items
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _int_sequence(value, name):
+    if _is_int(value):
+        return (int(value),)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}") from None
+    if not all(_is_int(v) for v in items):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+    return tuple(int(v) for v in items)
+
+
+def normalize_padding(padding):
+    """'SAME' / 'VALID' (any case), int, 3 ints, one (lo, hi) pair or 3 pairs -> 'SAME', 'VALID' or
+    a tuple of 3 (lo, hi) pairs. Explicit pads may be negative (they crop)."""
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode not in ("SAME", "VALID"):
+            raise ValueError(f"padding must be 'SAME', 'VALID', an int or (lo, hi) pairs, got {padding!r}")
+        return mode
+    if _is_int(padding):
+        return ((int(padding),) * 2,) * SPATIAL
+    try:
+        items = tuple(padding)
+    except TypeError:
+        raise TypeError(f"padding must be a string, an int or a sequence, got {padding!r}") from None
+    if len(items) in (1, SPATIAL) and all(_is_int(p) for p in items):
+        pads = tuple((int(p), int(p)) for p in items)
+    elif len(items) in (1, SPATIAL):
+        pads = tuple(_pad_pair(p, padding) for p in items)
+    else:
+        raise ValueError(f"padding must have 1 or 3 entries, got {padding!r}")
+    return pads * SPATIAL if len(pads) == 1 else pads
+
+
+def _pad_pair(pair, padding):
+    try:
+        lo, hi = pair
+    except (TypeError, ValueError):
+        raise ValueError(f"padding entries must be ints or (lo, hi) pairs, got {padding!r}") from None
+    if not (_is_int(lo) and _is_int(hi)):
+        raise TypeError(f"padding pairs must hold ints, got {padding!r}")
+    return int(lo), int(hi)
+
+
+def dilated(size, dilation):
+    """Extent of an axis of `size` elements with `dilation - 1` zeros between neighbours."""
+    return max((size - 1) * dilation + 1, 0)
+
+
+def resolve_padding(padding, in_spatial, kernel, stride, lhs_dilation, rhs_dilation):
+    """Normalised padding -> explicit (lo, hi) pairs for these sizes."""
+    if padding == "VALID":
+        return ((0, 0),) * SPATIAL
+    if padding != "SAME":
+        return padding
+    pads = []
+    for n, k, s, lhs, rhs in zip(in_spatial, kernel, stride, lhs_dilation, rhs_dilation):
+        n_eff = dilated(n, lhs)
+        out = -(-n_eff // s)
+        total = max((out - 1) * s + dilated(k, rhs) - n_eff, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def output_spatial(in_spatial, kernel, stride, pads, lhs_dilation, rhs_dilation):
+    """Output extent per spatial axis; 0 when the window never fits (an empty result, not an error)."""
+    sizes = []
+    for n, k, s, (lo, hi), lhs, rhs in zip(in_spatial, kernel, stride, pads, lhs_dilation, rhs_dilation):
+        span = dilated(n, lhs) + lo + hi - dilated(k, rhs)
+        sizes.append(span // s + 1 if span >= 0 else 0)
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Every size a kernel needs, in channels-last order, for one call."""
+
+    batch: int
+    in_spatial: tuple
+    in_channels: int
+    kernel: tuple
+    out_channels: int
+    groups: int
+    stride: tuple
+    pads: tuple
+    lhs_dilation: tuple
+    rhs_dilation: tuple
+
+    @property
+    def out_spatial(self):
+        return output_spatial(self.in_spatial, self.kernel, self.stride, self.pads,
+                              self.lhs_dilation, self.rhs_dilation)
+
+    @property
+    def out_shape(self):
+        """Channels-last, batched output shape."""
+        return (self.batch, *self.out_spatial, self.out_channels)
+
+    @property
+    def flops(self):
+        """2 * N * prod(out_spatial) * Cout * prod(kernel) * Cin / groups."""
+        return (2 * self.batch * int(np.prod(self.out_spatial)) * self.out_channels
+                * int(np.prod(self.kernel)) * self.in_channels // self.groups)
+
+    def tap_index(self, axis):
+        """Table ``t[o, k]``: the input index that output ``o`` reads through kernel tap ``k`` on this
+        spatial axis, or -1 where it lands on padding or on a zero inserted by input dilation."""
+        n, k = self.in_spatial[axis], self.kernel[axis]
+        out = self.out_spatial[axis]
+        lhs, lo = self.lhs_dilation[axis], self.pads[axis][0]
+        pos = (np.arange(out)[:, None] * self.stride[axis]
+               + np.arange(k)[None, :] * self.rhs_dilation[axis] - lo)
+        real = (pos >= 0) & (pos % lhs == 0) & (pos // lhs < n)
+        return np.where(real, pos // lhs, -1).astype(np.int64)
+
+
+def conv_geometry(x_shape, w_shape, *, stride, padding, lhs_dilation, rhs_dilation, groups,
+                  channel_first):
+    """Validate shapes and options of one conv3d call; `x_shape` is batched (5-D)."""
+    if len(w_shape) != SPATIAL + 2:
+        raise ValueError(f"w must be 5-D (KD, KH, KW, Cin // groups, Cout), got shape {tuple(w_shape)}")
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if channel_first:
+        batch, cin, *in_spatial = x_shape
+    else:
+        batch, *in_spatial, cin = x_shape
+    *kernel, w_cin, cout = w_shape
+    if any(k < 1 for k in kernel):
+        raise ValueError(f"w must have spatial sizes >= 1, got shape {tuple(w_shape)}")
+    if cin % groups or cout % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({cin}) and the output "
+                         f"channels ({cout})")
+    if w_cin * groups != cin:
+        raise ValueError(f"w.shape[3] * groups must equal the input channels: {w_cin} * {groups} != {cin} "
+                         f"(x shape {tuple(x_shape)}, w shape {tuple(w_shape)}, "
+                         f"channel_first={channel_first})")
+    stride = spatial_triple(stride, "stride")
+    lhs = spatial_triple(lhs_dilation, "lhs_dilation")
+    rhs = spatial_triple(rhs_dilation, "rhs_dilation")
+    pads = resolve_padding(normalize_padding(padding), in_spatial, kernel, stride, lhs, rhs)
+    return ConvGeometry(batch, tuple(in_spatial), cin, tuple(kernel), cout, groups, stride, pads, lhs, rhs)

@@ -1,0 +1,89 @@
+"""A slow, obviously correct NumPy 3-D convolution, for tests and for users who want to check a result.
+
+It shares no code with the kernels: it inserts the dilation zeros, pads, and sums one einsum per
+kernel tap in extended precision (``np.longdouble``). A product is only formed with a real input
+element: taps that land on padding or on an inserted zero contribute nothing, as in
+``jax.lax.conv_general_dilated`` (this matters for NaN and Inf weights).
+"""
+import numpy as np
+
+
+def conv3d_reference(x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
+                     bias=None, channel_first=False):
+    """Same arguments and layouts as `nbconv.conv3d`; sums in longdouble and returns float64."""
+    x = np.asarray(x, np.longdouble)
+    w = np.asarray(w, np.longdouble)
+    if channel_first:
+        x = np.moveaxis(x, -4, -1)
+    batched = x.ndim == 5
+    x = x if batched else x[None]
+    stride, lhs, rhs = (_three(v) for v in (stride, lhs_dilation, rhs_dilation))
+    kernel = w.shape[:3]
+    sizes = x.shape[1:4]
+    pads = _explicit_pads(padding, sizes, kernel, stride, lhs, rhs)
+
+    real = np.ones(x.shape[:4] + (1,), bool)
+    x, real = _dilate(x, lhs), _dilate(real, lhs)
+    x, real = _pad(x, pads), _pad(real, pads)
+
+    k_eff = [(k - 1) * r + 1 for k, r in zip(kernel, rhs)]
+    out_sizes = [max((x.shape[1 + a] - k_eff[a]) // stride[a] + 1, 0) for a in range(3)]
+    cin_g, cout = w.shape[3], w.shape[4]
+    out = np.zeros((x.shape[0], *out_sizes, groups, cout // groups), np.longdouble)
+    wg = w.reshape(*kernel, cin_g, groups, cout // groups)
+    for kd in range(kernel[0]):
+        for kh in range(kernel[1]):
+            for kw in range(kernel[2]):
+                window = _window(x, (kd, kh, kw), rhs, stride, out_sizes)
+                present = _window(real, (kd, kh, kw), rhs, stride, out_sizes)
+                xs = window.reshape(*window.shape[:4], groups, cin_g)
+                part = np.einsum("ndhwgi,igo->ndhwgo", xs, wg[kd, kh, kw])
+                out += np.where(present[..., None], part, 0)
+    out = out.reshape(*out.shape[:4], cout)
+    if bias is not None:
+        out = out + np.asarray(bias, np.longdouble).reshape(-1)
+    if channel_first:
+        out = np.moveaxis(out, -1, 1)
+    return np.asarray(out if batched else out[0], np.float64)
+
+
+def _three(v):
+    v = tuple(np.atleast_1d(v).tolist())
+    return v * 3 if len(v) == 1 else v
+
+
+def _explicit_pads(padding, sizes, kernel, stride, lhs, rhs):
+    if isinstance(padding, str) and padding.upper() == "VALID":
+        return [(0, 0)] * 3
+    if isinstance(padding, str):
+        pads = []
+        for n, k, s, l, r in zip(sizes, kernel, stride, lhs, rhs):
+            n_eff, k_eff = (n - 1) * l + 1, (k - 1) * r + 1
+            total = max((-(-n_eff // s) - 1) * s + k_eff - n_eff, 0)
+            pads.append((total // 2, total - total // 2))
+        return pads
+    p = np.array(padding).reshape(-1, 2) if np.ndim(padding) == 2 else np.array(padding).reshape(-1, 1)
+    p = np.broadcast_to(p, (3, 2))
+    return [tuple(int(v) for v in row) for row in p]
+
+
+def _dilate(a, lhs):
+    shape = [a.shape[0]] + [(n - 1) * l + 1 for n, l in zip(a.shape[1:4], lhs)] + [a.shape[4]]
+    out = np.zeros(shape, a.dtype)
+    out[:, ::lhs[0], ::lhs[1], ::lhs[2]] = a
+    return out
+
+
+def _pad(a, pads):
+    grow = [(0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads] + [(0, 0)]
+    a = np.pad(a, grow)
+    crop = [slice(None)] + [slice(max(-lo, 0), a.shape[1 + i] - max(-hi, 0))
+                            for i, (lo, hi) in enumerate(pads)] + [slice(None)]
+    return a[tuple(crop)]
+
+
+def _window(a, tap, rhs, stride, out_sizes):
+    index = [slice(None)]
+    for t, r, s, o in zip(tap, rhs, stride, out_sizes):
+        index.append(slice(t * r, t * r + (o - 1) * s + 1, s) if o > 0 else slice(0, 0))
+    return a[tuple(index)]

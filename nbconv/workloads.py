@@ -1,0 +1,45 @@
+"""The public benchmark workloads (workloads.json): arrays and conv3d options for each."""
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+SEED_CASES = ("video_c3", "medical_s2", "grouped_g8")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    batch: int
+    shape: tuple  # (D, H, W, Cin)
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: object
+    rhs_dilation: int
+    lhs_dilation: int
+    groups: int
+    dtype: str
+
+    @property
+    def options(self):
+        return dict(stride=self.stride, padding=self.padding, lhs_dilation=self.lhs_dilation,
+                    rhs_dilation=self.rhs_dilation, groups=self.groups)
+
+    def arrays(self, seed=0):
+        """Random channels-last x (N, D, H, W, Cin) and w (K, K, K, Cin // groups, Cout)."""
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.batch, *self.shape)).astype(self.dtype)
+        w_shape = (self.kernel,) * 3 + (self.shape[-1] // self.groups, self.out_channels)
+        return x, rng.standard_normal(w_shape).astype(self.dtype)
+
+
+def load_workloads():
+    """All workloads, by name, in file order."""
+    text = resources.files("nbconv").joinpath("workloads.json").read_text()
+    rows = json.loads(text)["workloads"]
+    return {row["name"]: Workload(row["name"], row["batch"], tuple(row["in"]), row["out_channels"],
+                                  row["kernel"], row["stride"], row["padding"], row["rhs_dilation"],
+                                  row["lhs_dilation"], row["groups"], row["dtype"])
+            for row in rows}

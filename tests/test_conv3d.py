@@ -1,0 +1,156 @@
+"""conv3d against the NumPy reference: random shapes and options, named edge cases, dtypes, layouts."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import nbconv
+from tests.support import BACKEND, SIMULATED, assert_conv_close
+
+MAX_SIZE = 3 if SIMULATED else 7
+EXAMPLES = 12 if SIMULATED else 150
+
+
+@st.composite
+def conv_problems(draw, dtypes=("float32", "float64")):
+    """x, w and conv3d options covering every documented form of every argument."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin = groups * draw(st.integers(1, 3))
+    cout = groups * draw(st.integers(1, 3))
+    if draw(st.booleans()) and not SIMULATED:
+        groups = cin = cout = draw(st.integers(1, 9))  # depthwise
+    batch = draw(st.integers(1, 2))
+    sizes = draw(st.lists(st.integers(1, MAX_SIZE), min_size=3, max_size=3))
+    kernel = draw(st.lists(st.integers(1, 3), min_size=3, max_size=3))
+    options = dict(
+        stride=draw(_triple_or_int(3)), lhs_dilation=draw(_triple_or_int(2)),
+        rhs_dilation=draw(_triple_or_int(2)), padding=draw(_paddings()), groups=groups,
+        channel_first=draw(st.booleans()))
+    dtype = draw(st.sampled_from(dtypes))
+    x = rng.standard_normal((batch, *sizes, cin)).astype(dtype)
+    if options["channel_first"]:
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    if draw(st.booleans()):
+        x = x[0]  # unbatched
+    w = rng.standard_normal((*kernel, cin // groups, cout)).astype(dtype)
+    if draw(st.booleans()):
+        options["bias"] = rng.standard_normal(cout).astype(dtype)
+    return x, w, options
+
+
+def _triple_or_int(top):
+    one = st.integers(1, top)
+    return st.one_of(one, st.tuples(one), st.tuples(one, one, one))
+
+
+def _paddings():
+    pad = st.integers(-1, 3)
+    pair = st.tuples(pad, pad)
+    return st.one_of(st.sampled_from(["SAME", "VALID", "same"]), st.integers(0, 2),
+                     st.tuples(pad, pad, pad), st.tuples(pair), st.tuples(pair, pair, pair))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(conv_problems())
+def test_matches_reference(problem):
+    x, w, options = problem
+    assert_conv_close(nbconv.conv3d(x, w, backend=BACKEND, **options), x, w, **options)
+
+
+CASES = {
+    "1x1x1 kernel": ((2, 3, 4, 5, 6), (1, 1, 1, 6, 4), {}),
+    "kernel larger than input, VALID": ((1, 2, 3, 3, 2), (3, 3, 3, 2, 2), {"padding": "VALID"}),
+    "kernel larger than input, SAME": ((1, 2, 3, 3, 2), (3, 4, 5, 2, 2), {}),
+    "negative padding crops": ((1, 6, 6, 6, 2), (2, 2, 2, 2, 3), {"padding": ((-1, -2), (0, -1), (-2, 1))}),
+    "asymmetric padding": ((1, 4, 5, 6, 2), (3, 3, 3, 2, 2), {"padding": ((0, 2), (2, 0), (1, 3))}),
+    "stride larger than kernel": ((1, 7, 8, 9, 2), (2, 2, 2, 2, 3), {"stride": (3, 4, 5)}),
+    "all dilations and groups": ((2, 5, 4, 5, 4), (2, 3, 2, 2, 6),
+                                 {"stride": 2, "lhs_dilation": (2, 1, 3), "rhs_dilation": (1, 2, 2),
+                                  "groups": 2, "padding": 2}),
+    "depthwise with multiplier": ((1, 4, 4, 4, 3), (3, 3, 3, 1, 6), {"groups": 3}),
+    "depthwise": ((2, 4, 5, 3, 5), (3, 2, 3, 1, 5), {"groups": 5, "rhs_dilation": 2}),
+    "SAME with input dilation": ((1, 3, 4, 3, 2), (3, 3, 2, 2, 2), {"lhs_dilation": 2, "stride": 2}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_named_cases(name, dtype):
+    x_shape, w_shape, options = CASES[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    assert_conv_close(nbconv.conv3d(x, w, backend=BACKEND, **options), x, w, **options)
+
+
+def test_empty_output_shape():
+    x = np.ones((2, 2, 3, 3, 2), np.float32)
+    y = nbconv.conv3d(x, np.ones((3, 3, 3, 2, 4), np.float32), padding="VALID", backend=BACKEND)
+    assert y.shape == (2, 0, 1, 1, 4) and y.dtype == np.float32
+
+
+def _problem(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((2, 4, 5, 6, 4)).astype(dtype),
+            rng.standard_normal((3, 2, 3, 2, 6)).astype(dtype), {"groups": 2, "padding": 1, "stride": 2})
+
+
+@pytest.mark.parametrize("layout", ["negative strides", "fortran", "strided view"])
+def test_any_memory_layout(layout):
+    x, w, options = _problem()
+    x_view = {"negative strides": lambda a: a[:, ::-1, :, ::-1].copy()[:, ::-1, :, ::-1],
+              "fortran": np.asfortranarray,
+              "strided view": lambda a: np.repeat(a, 2, axis=3)[:, :, :, ::2]}[layout](x)
+    w_view = np.asfortranarray(w)[::-1][::-1]
+    np.testing.assert_array_equal(nbconv.conv3d(x_view, w_view, backend=BACKEND, **options),
+                                  nbconv.conv3d(x, w, backend=BACKEND, **options))
+
+
+def test_channel_first_is_a_transpose():
+    x, w, options = _problem()
+    last = nbconv.conv3d(x, w, backend=BACKEND, **options)
+    first = nbconv.conv3d(np.moveaxis(x, -1, 1), w, channel_first=True, backend=BACKEND, **options)
+    np.testing.assert_array_equal(first, np.moveaxis(last, -1, 1))
+
+
+@pytest.mark.parametrize("channel_first", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_out_is_filled_and_returned(channel_first, dtype):
+    x, w, options = _problem(dtype)
+    want = nbconv.conv3d(x, w, channel_first=channel_first, backend=BACKEND, **options)
+    out = np.full(want.shape, np.nan, dtype)
+    got = nbconv.conv3d(x, w, channel_first=channel_first, out=out, backend=BACKEND, **options)
+    assert got is out
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtypes, expected", [
+    (("float32", "float32"), "float32"), (("float64", "float64"), "float64"),
+    (("float32", "float64"), "float64"), (("float16", "float16"), "float16"),
+    (("float16", "float32"), "float32"), (("int32", "int32"), "float64"),
+    (("bool", "int8"), "float64"), (("int16", "float32"), "float32")])
+def test_result_dtype(dtypes, expected):
+    x, w, options = _problem()
+    x, w = x.astype(dtypes[0]), w.astype(dtypes[1])
+    y = nbconv.conv3d(x, w, backend=BACKEND, **options)
+    assert y.dtype == np.dtype(expected)
+    assert_conv_close(y, x, w, **options)
+
+
+def test_nan_and_inf_propagate_like_lax():
+    """Inf times a real zero is NaN; taps over padding or inserted zeros form no product at all."""
+    x = np.ones((1, 3, 3, 3, 1))
+    x[0, 0, 0, 0] = np.inf
+    x[0, 2, 2, 2] = 0.0
+    w = np.ones((3, 3, 3, 1, 1))
+    w[0, 0, 0] = np.nan
+    w[1, 1, 1] = np.inf
+    for options in ({}, {"lhs_dilation": 2, "padding": 1}, {"padding": ((2, 0), (1, 1), (0, 2))}):
+        assert_conv_close(nbconv.conv3d(x, w, backend=BACKEND, **options), x, w, **options)
+
+
+def test_plain_lists_are_accepted():
+    x = np.arange(2 * 3 * 3 * 3).reshape(1, 3, 3, 3, 2)
+    w = np.ones((2, 2, 2, 2, 1), int)
+    y = nbconv.conv3d(x.tolist(), w.tolist(), padding="VALID", backend=BACKEND)
+    assert_conv_close(y, x, w, padding="VALID")

@@ -1,0 +1,59 @@
+"""Bad arguments raise ValueError or TypeError naming the argument, before any kernel runs."""
+import numpy as np
+import pytest
+
+import nbconv
+from tests.support import BACKEND
+
+X = np.ones((1, 4, 4, 4, 4), np.float32)
+W = np.ones((3, 3, 3, 4, 8), np.float32)
+
+BAD = [
+    (dict(x=np.ones((4, 4, 4)),), ValueError, "x must be 5-D"),
+    (dict(w=np.ones((3, 3, 4, 8)),), ValueError, "w must be 5-D"),
+    (dict(w=np.ones((3, 3, 3, 3, 8)),), ValueError, r"w.shape\[3\] \* groups"),
+    (dict(w=np.ones((0, 3, 3, 4, 8)),), ValueError, "spatial sizes"),
+    (dict(groups=3), ValueError, "groups=3 must divide"),
+    (dict(groups=0), ValueError, "groups must be a positive int"),
+    (dict(groups=2.0), ValueError, "groups must be a positive int"),
+    (dict(bias=np.ones(7)), ValueError, "bias must have Cout = 8"),
+    (dict(bias=np.ones(8, complex)), TypeError, "bias must be real"),
+    (dict(padding="FULL"), ValueError, "padding must be 'SAME'"),
+    (dict(padding=(1, 2)), ValueError, "padding must have 1 or 3"),
+    (dict(padding=((1, 2, 3),)), ValueError, "padding entries"),
+    (dict(padding=((1.5, 2),)), TypeError, "padding pairs"),
+    (dict(padding=None), TypeError, "padding must be"),
+    (dict(stride=(1, 2)), ValueError, "stride must be an int or a sequence of 1 or 3"),
+    (dict(stride=0), ValueError, "stride must be positive"),
+    (dict(stride=1.5), TypeError, "stride must be an int"),
+    (dict(lhs_dilation=-1), ValueError, "lhs_dilation must be positive"),
+    (dict(rhs_dilation=(1, 1, 0)), ValueError, "rhs_dilation must be positive"),
+    (dict(rhs_dilation="2"), TypeError, "rhs_dilation must be an int"),
+    (dict(backend="gpu"), ValueError, "backend must be one of"),
+    (dict(x=X.astype(complex)), TypeError, "x must be real"),
+    (dict(w=W.astype(object)), TypeError, "w must have a numeric dtype"),
+    (dict(x=X.astype(np.longdouble)), TypeError, "computes in float16, float32 or float64"),
+    (dict(channel_first="yes"), TypeError, "channel_first must be a bool"),
+    (dict(out=np.empty((1, 4, 4, 4, 8), np.float64)), ValueError, "out must have shape"),
+    (dict(out=np.empty((1, 4, 4, 4, 7), np.float32)), ValueError, "out must have shape"),
+    (dict(out=np.empty((1, 4, 4, 8, 4), np.float32).swapaxes(3, 4)), ValueError, "C-contiguous"),
+    (dict(out=[0.0]), TypeError, "out must be an array"),
+]
+
+
+@pytest.mark.parametrize("change, error, message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_argument(change, error, message):
+    args = {"x": X, "w": W, "backend": BACKEND, **change}
+    with pytest.raises(error, match=message):
+        nbconv.conv3d(args.pop("x"), args.pop("w"), **args)
+
+
+def test_out_may_not_alias_input():
+    x = np.ones((1, 4, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="out must not share memory"):
+        nbconv.conv3d(x, np.ones((1, 1, 1, 4, 4), np.float32), out=x, backend=BACKEND)
+
+
+def test_channel_mismatch_names_layout():
+    with pytest.raises(ValueError, match="channel_first=True"):
+        nbconv.conv3d(np.ones((1, 5, 4, 4, 4)), W, channel_first=True, backend=BACKEND)
