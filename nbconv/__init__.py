@@ -1,8 +1,12 @@
-"""nbconv: Numba-compiled direct 3-D convolution with the semantics of jax.lax.conv_general_dilated."""
-from numba import set_num_threads, get_num_threads
+"""nbconv: Numba-compiled direct 3-D convolution with the semantics of jax.lax.conv_general_dilated,
+and layers that behave like brainstate.nn.Conv3d / ScaledWSConv3d."""
+from numba import get_num_threads, set_num_threads
 
+from nbconv import init
 from nbconv.dispatch import BackendUnavailableError
-from nbconv.functional import conv3d
+from nbconv.functional import conv3d, weight_standardization
+from nbconv.layers import Conv3d, ParamState, ScaledWSConv3d
 
-__all__ = ["conv3d", "BackendUnavailableError", "set_num_threads", "get_num_threads"]
+__all__ = ["conv3d", "weight_standardization", "Conv3d", "ScaledWSConv3d", "ParamState", "init",
+           "BackendUnavailableError", "set_num_threads", "get_num_threads"]
 __version__ = "0.1.0"

@@ -118,3 +118,39 @@ def to_caller_layout(y, call, out=None):
         return np.ascontiguousarray(y, dtype=call.result_dtype)
     out[...] = y
     return out
+
+
+def weight_standardization(w, eps=1e-4, gain=None, out_axis=-1, backend="auto"):
+    """brainstate's weight standardization, per output channel (axis `out_axis`) over all other axes:
+    ``gain * (w - mean) / sqrt(max(var * fan_in, eps))`` with the population variance and
+    ``fan_in`` the number of elements per output channel. `gain` has 1 or Cout elements (any shape).
+    Returns an array of w's shape; dtypes follow conv3d's rules."""
+    backend = choose_backend(backend, w, gain)
+    if backend == "cpu":
+        w = _host_array(w, "w")
+        gain = None if gain is None else _host_array(gain, "gain")
+    axis = _standardization_axis(w, out_axis)
+    if not np.isscalar(eps) or not float(eps) > 0:
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    compute, result = conv_dtypes(("w", np.dtype(w.dtype)))
+    cout = w.shape[axis]
+    if gain is not None and int(np.prod(gain.shape)) not in (1, cout):
+        raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {tuple(gain.shape)}")
+    if backend == "cuda":
+        return cuda_module().weight_standardization(w, float(eps), gain, axis, compute, result)
+    columns = np.ascontiguousarray(np.moveaxis(w, axis, -1).reshape(-1, cout), dtype=compute)
+    gains = np.broadcast_to(np.ones(1, compute) if gain is None else np.asarray(gain, compute).reshape(-1),
+                            (cout,))
+    standardized = np.empty_like(columns)
+    cpu.standardize_columns(columns, float(eps), np.ascontiguousarray(gains), standardized)
+    moved = standardized.reshape(*(n for i, n in enumerate(w.shape) if i != axis), cout)
+    return np.ascontiguousarray(np.moveaxis(moved, -1, axis), dtype=result)
+
+
+def _standardization_axis(w, out_axis):
+    ndim = len(w.shape)
+    if ndim < 1:
+        raise ValueError("w must have at least one axis")
+    if not isinstance(out_axis, (int, np.integer)) or not -ndim <= out_axis < ndim:
+        raise ValueError(f"out_axis must be an int in [-{ndim}, {ndim}), got {out_axis!r}")
+    return int(out_axis) % ndim

@@ -1,0 +1,87 @@
+"""The layers against brainstate.nn.Conv3d / ScaledWSConv3d built with the same parameters (brainstate
+is a test extra; CI installs it). Both sides compute in float32."""
+import numpy as np
+import pytest
+
+import nbconv
+from nbconv.reference import conv3d_reference
+from tests.support import BACKEND, SIMULATED
+
+brainstate = pytest.importorskip("brainstate")
+jax_numpy = pytest.importorskip("jax.numpy")
+
+OPTION_SETS = [
+    dict(in_size=(6, 7, 8, 3), out_channels=8, kernel_size=3),
+    dict(in_size=(6, 7, 8, 4), out_channels=6, kernel_size=(3, 2, 3), stride=(2, 1, 2), padding="VALID",
+         groups=2),
+    dict(in_size=(4, 6, 6, 5), out_channels=5, kernel_size=3, padding=((1, 0), (2, 1), (0, 0)),
+         rhs_dilation=2, groups=5),
+    dict(in_size=(4, 5, 6, 7), out_channels=4, kernel_size=2, padding=1, lhs_dilation=(2, 1, 2),
+         channel_first=True),
+    dict(in_size=(5, 5, 5, 2), out_channels=4, kernel_size=(1, 3, 3), stride=2, padding=(1, 2, 0)),
+]
+if SIMULATED:
+    OPTION_SETS = OPTION_SETS[:1]
+
+
+def _parameters(options, rng):
+    layer = nbconv.Conv3d(**options)
+    w = rng.standard_normal(layer.kernel_shape).astype(np.float32)
+    bias_shape = (1, layer.out_channels, 1, 1, 1) if layer.channel_first else (1, 1, 1, layer.out_channels)
+    bias = rng.standard_normal(bias_shape).astype(np.float32)
+    mask = (rng.random(layer.kernel_shape) > 0.25).astype(np.float32)
+    x = rng.standard_normal((2, *layer.in_size)).astype(np.float32)
+    return w, bias, mask, x
+
+
+def _bound(x, w_used, options, extra_terms):
+    """Both sides round float32 dot products of length L (and brainstate the bias add): each is within
+    L * u * sum|x||w| of the exact value, so they differ by at most twice that (plus `extra_terms` u
+    for the weight standardization, whose float32 mean/variance sums have that many terms)."""
+    scale = conv3d_reference(np.abs(x), np.abs(w_used), stride=options.get("stride", 1),
+                             padding=options.get("padding", "SAME"),
+                             lhs_dilation=options.get("lhs_dilation", 1),
+                             rhs_dilation=options.get("rhs_dilation", 1), groups=options.get("groups", 1),
+                             channel_first=options.get("channel_first", False))
+    terms = np.prod(w_used.shape[:4]) + 1
+    return (2 * terms + extra_terms) * 2**-24 * scale + 2**-24 * 8
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=range(len(OPTION_SETS)))
+def test_conv3d_matches_brainstate(options):
+    w, bias, mask, x = _parameters(options, np.random.default_rng(0))
+    ours = nbconv.Conv3d(**options, w_init=w, b_init=bias, w_mask=mask, backend=BACKEND)
+    theirs = brainstate.nn.Conv3d(**options, w_init=w, b_init=bias, w_mask=mask)
+    assert ours.out_size == tuple(theirs.out_size)
+    got, want = ours(x), np.asarray(theirs(x))
+    assert np.all(np.abs(got - want) <= _bound(x, w * mask, options, 0))
+    np.testing.assert_allclose(ours(x[0]), np.asarray(theirs(x[0])), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=range(len(OPTION_SETS)))
+def test_scaled_ws_conv3d_matches_brainstate(options):
+    rng = np.random.default_rng(1)
+    w, bias, mask, x = _parameters(options, rng)
+    ours = nbconv.ScaledWSConv3d(**options, w_init=w, b_init=bias, w_mask=mask, eps=1e-4, backend=BACKEND)
+    # brainstate 0.5.4's weight_standardization fails on NumPy weights (a list `axis` reaches
+    # numpy.mean), so it gets a JAX copy of the same values.
+    theirs = brainstate.nn.ScaledWSConv3d(**options, w_init=jax_numpy.asarray(w), b_init=bias, w_mask=mask,
+                                          eps=1e-4)
+    gain = rng.uniform(0.5, 2.0, (1, 1, 1, 1, w.shape[-1])).astype(np.float32)
+    ours.weight.value["gain"] = gain
+    theirs.weight.value = {**theirs.weight.value, "gain": gain}
+    assert ours.out_size == tuple(theirs.out_size)
+    got, want = ours(x), np.asarray(theirs(x))
+    fan_in = np.prod(w.shape[:4])
+    assert np.all(np.abs(got - want) <= _bound(x, ours.kernel(), options, fan_in))
+
+
+def test_initializers_match_brainstate_law():
+    """Same law (not the same stream: brainstate draws from its own generator): XavierNormal on a
+    large kernel has brainstate's variance and truncation bound."""
+    shape = (5, 5, 5, 32, 64)
+    ours = nbconv.init.XavierNormal(seed=0)(shape)
+    theirs = np.asarray(brainstate.nn.init.XavierNormal(seed=0)(shape))
+    for a in (ours, theirs):
+        assert abs(a.var() / theirs.var() - 1) < 0.02
+        assert abs(np.abs(a).max() / np.abs(theirs).max() - 1) < 0.01
