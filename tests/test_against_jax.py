@@ -40,8 +40,12 @@ def test_matches_lax(problem):
     lhs = _three(options["lhs_dilation"])
     # JAX rejects 'SAME' with input dilation; nbconv defines it (tested against the reference).
     assume(not (isinstance(options["padding"], str) and max(lhs) > 1))
+    try:
+        want = lax_conv3d(x, w, **{"bias": None, **options})
+    except ValueError as err:  # JAX rejects a crop larger than the axis; nbconv returns an empty result
+        assume("Negative padding is larger" not in str(err))
+        raise
     got = nbconv.conv3d(x, w, backend=BACKEND, **options)
-    want = lax_conv3d(x, w, **{"bias": None, **options})
     scale = conv3d_reference(np.abs(x), np.abs(w), **{**options, "bias": None})
     bias = options.get("bias")
     scale = scale + (0 if bias is None else np.abs(bias).max())

@@ -1,0 +1,139 @@
+"""asv benchmarks: every public workload (nbconv/workloads.json) on the CPU, the layers, first-call
+compile time, and CUDA (skipped where no GPU is present). Kernels are warmed in `setup`, so that
+`asv run --quick` (one call) never times compilation."""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import nbconv
+from nbconv.timing import median_seconds, workload_flops
+from nbconv.workloads import load_workloads
+
+WORKLOADS = load_workloads()
+NAMES = list(WORKLOADS)
+
+
+class Conv3dCPU:
+    params = [NAMES]
+    param_names = ["workload"]
+    timeout = 300
+
+    def setup(self, name):
+        self.workload = WORKLOADS[name]
+        self.x, self.w = self.workload.arrays()
+        self.run()
+
+    def run(self):
+        return nbconv.conv3d(self.x, self.w, backend="cpu", **self.workload.options)
+
+    def time_conv3d(self, name):
+        self.run()
+
+    def peakmem_conv3d(self, name):
+        self.run()
+
+    def track_gflops(self, name):
+        return workload_flops(self.workload) / median_seconds(self.run) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class Layers:
+    """Forward passes of the layers on the seed shapes; ScaledWSConv3d includes standardizing."""
+
+    params = [["Conv3d", "ScaledWSConv3d"], ["video_c3", "medical_s2", "grouped_g8"]]
+    param_names = ["layer", "workload"]
+    timeout = 300
+
+    def setup(self, layer, name):
+        wl = WORKLOADS[name]
+        cls = getattr(nbconv, layer)
+        self.layer = cls(wl.shape, wl.out_channels, wl.kernel, groups=wl.groups, backend="cpu",
+                         b_init=nbconv.init.ZeroInit(), **{k: v for k, v in wl.options.items() if k != "groups"})
+        self.x = wl.arrays()[0]
+        self.layer(self.x)
+
+    def time_forward(self, layer, name):
+        self.layer(self.x)
+
+
+class WeightStandardization:
+    params = [[(3, 3, 3, 64, 64), (3, 3, 3, 1, 64), (5, 5, 5, 128, 256)]]
+    param_names = ["kernel_shape"]
+
+    def setup(self, shape):
+        self.w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        nbconv.weight_standardization(self.w)
+
+    def time_weight_standardization(self, shape):
+        nbconv.weight_standardization(self.w)
+
+
+FIRST_CALL = """
+import time; start = time.perf_counter()
+import numpy as np, nbconv
+nbconv.conv3d(np.ones((1, 4, 4, 4, 8), np.float32), np.ones((3, 3, 3, 8, 8), np.float32))
+print(time.perf_counter() - start)
+"""
+
+
+class FirstCall:
+    """Seconds from a fresh interpreter to the end of the first conv3d: 'cold' compiles into an empty
+    Numba cache, 'warm' loads what the cold run cached."""
+
+    params = [["cold", "warm"]]
+    param_names = ["cache"]
+    number = 1
+    repeat = 1
+    timeout = 600
+
+    def setup(self, cache):
+        self.cache_dir = tempfile.mkdtemp(prefix="nbconv-asv-cache-")
+        if cache == "warm":
+            self._first_call()
+
+    def _first_call(self):
+        env = {**os.environ, "NUMBA_CACHE_DIR": self.cache_dir}
+        out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, check=True, capture_output=True,
+                             text=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    def track_first_call_seconds(self, cache):
+        return self._first_call()
+
+    track_first_call_seconds.unit = "s"
+
+
+class Conv3dCUDA:
+    params = [NAMES]
+    param_names = ["workload"]
+
+    def setup(self, name):
+        from numba import cuda
+
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not cuda.is_available():
+            raise NotImplementedError("no CUDA GPU here")
+        self.workload = WORKLOADS[name]
+        x, w = self.workload.arrays()
+        self.x, self.w = cuda.to_device(x), cuda.to_device(w)
+        self.run()
+
+    def run(self):
+        from numba import cuda
+
+        nbconv.conv3d(self.x, self.w, backend="cuda", **self.workload.options)
+        cuda.synchronize()
+
+    def time_conv3d(self, name):
+        self.run()
+
+    def track_gflops(self, name):
+        start = time.perf_counter()
+        self.run()
+        return workload_flops(self.workload) / (time.perf_counter() - start) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
