@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nbconv import cpu
-from nbconv.dispatch import choose_backend, cuda_module
+from nbconv.dispatch import choose_backend, cuda_module, is_device_array
 from nbconv.dtypes import conv_dtypes
 from nbconv.geometry import ConvGeometry, conv_geometry
 
@@ -38,9 +38,7 @@ def conv3d(x, w, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, gr
     shape and dtype to fill. backend: 'auto' (CUDA for device arrays), 'cpu' or 'cuda'.
     """
     backend = choose_backend(backend, x, w, bias)
-    if backend == "cpu":
-        x, w = _host_array(x, "x"), _host_array(w, "w")
-        bias = None if bias is None else _host_array(bias, "bias")
+    x, w, bias = _host_array(x, "x"), _host_array(w, "w"), _host_array(bias, "bias")
     call = _validate(x, w, bias, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
     if out is not None:
         _check_out(out, call, x, w)
@@ -49,6 +47,9 @@ def conv3d(x, w, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, gr
 
 
 def _host_array(a, name):
+    """Device arrays and None as they are, anything else as a NumPy array."""
+    if a is None or is_device_array(a):
+        return a
     try:
         return np.asarray(a)
     except Exception as err:
@@ -80,7 +81,7 @@ def _layout(channel_first):
 
 
 def _check_out(out, call, x, w):
-    if not isinstance(out, np.ndarray) and not hasattr(out, "__cuda_array_interface__"):
+    if not isinstance(out, np.ndarray) and not is_device_array(out):
         raise TypeError(f"out must be an array, got {type(out).__name__}")
     if tuple(out.shape) != call.result_shape or np.dtype(out.dtype) != call.result_dtype:
         raise ValueError(f"out must have shape {call.result_shape} and dtype {call.result_dtype}, got "
@@ -126,9 +127,7 @@ def weight_standardization(w, eps=1e-4, gain=None, out_axis=-1, backend="auto"):
     ``fan_in`` the number of elements per output channel. `gain` has 1 or Cout elements (any shape).
     Returns an array of w's shape; dtypes follow conv3d's rules."""
     backend = choose_backend(backend, w, gain)
-    if backend == "cpu":
-        w = _host_array(w, "w")
-        gain = None if gain is None else _host_array(gain, "gain")
+    w, gain = _host_array(w, "w"), _host_array(gain, "gain")
     axis = _standardization_axis(w, out_axis)
     if not np.isscalar(eps) or not float(eps) > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")

@@ -1,14 +1,30 @@
 """Shared test helpers: the backend under test and error bounds derived from the arithmetic."""
 import os
+from contextlib import contextmanager
 
 import numpy as np
 
+from nbconv import config
 from nbconv.reference import conv3d_reference
 
 # The same suites run on the CPU and, in a child process under NUMBA_ENABLE_CUDASIM=1, on CUDA
 # (tests/test_cudasim.py); the simulator runs one Python thread per GPU thread, so shapes shrink there.
 BACKEND = os.environ.get("NBCONV_TEST_BACKEND", "cpu")
 SIMULATED = BACKEND == "cuda"
+# Every kernel of the backend, each forced in turn (nbconv.config); one that does not apply to a
+# problem leaves it to the automatic choice.
+KERNELS = ["tiled", "channels"] if SIMULATED else ["blocked", "depthwise", "grouped"]
+
+
+@contextmanager
+def forced_kernel(name):
+    attr = "CUDA_KERNEL" if SIMULATED else "CPU_KERNEL"
+    before = getattr(config, attr)
+    setattr(config, attr, name)
+    try:
+        yield
+    finally:
+        setattr(config, attr, before)
 
 
 def compute_dtype(*arrays):

@@ -9,10 +9,11 @@ from tests.support import BACKEND, SIMULATED
 from tests.test_conv3d import conv_problems
 
 jax = pytest.importorskip("jax")
-jax.config.update("jax_enable_x64", True)
 
 
 def lax_conv3d(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first, bias=None):
+    # Set on every call: brainstate (imported by other test modules) switches x64 off again.
+    jax.config.update("jax_enable_x64", True)
     layout = "NCDHW" if channel_first else "NDHWC"
     if not isinstance(padding, str):
         padding = np.broadcast_to(np.array(padding).reshape(-1, 2 if np.ndim(padding) == 2 else 1), (3, 2))
@@ -23,6 +24,7 @@ def lax_conv3d(x, w, stride, padding, lhs_dilation, rhs_dilation, groups, channe
         rhs_dilation=_three(rhs_dilation), dimension_numbers=(layout, "DHWIO", layout),
         feature_group_count=groups, precision=jax.lax.Precision.HIGHEST)
     y = np.asarray(y)
+    assert y.dtype == np.float64
     if bias is not None:
         y = y + (bias.reshape(-1, 1, 1, 1) if channel_first else bias)
     return y if batched else y[0]
@@ -55,6 +57,8 @@ def test_matches_lax(problem):
 
 
 def test_nan_weights_over_padding_match_lax():
+    """In float64 XLA forms no product over padding, like nbconv. (Its float32 CPU path multiplies
+    the padded zeros, so a NaN weight there spreads to every output; nbconv does not follow that.)"""
     x = np.ones((1, 3, 3, 3, 1))
     w = np.ones((3, 3, 3, 1, 1))
     w[0, 0, 0] = np.nan

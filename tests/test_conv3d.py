@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import nbconv
-from tests.support import BACKEND, SIMULATED, assert_conv_close
+from tests.support import BACKEND, KERNELS, SIMULATED, assert_conv_close, forced_kernel
 
 MAX_SIZE = 3 if SIMULATED else 7
 EXAMPLES = 12 if SIMULATED else 150
@@ -50,11 +50,14 @@ def _paddings():
                      st.tuples(pad, pad, pad), st.tuples(pair), st.tuples(pair, pair, pair))
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @settings(max_examples=EXAMPLES, deadline=None)
-@given(conv_problems())
-def test_matches_reference(problem):
+@given(problem=conv_problems())
+def test_matches_reference(kernel, problem):
     x, w, options = problem
-    assert_conv_close(nbconv.conv3d(x, w, backend=BACKEND, **options), x, w, **options)
+    with forced_kernel(kernel):
+        got = nbconv.conv3d(x, w, backend=BACKEND, **options)
+    assert_conv_close(got, x, w, **options)
 
 
 CASES = {
@@ -73,14 +76,17 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_named_cases(name, dtype):
+def test_named_cases(name, dtype, kernel):
     x_shape, w_shape, options = CASES[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
-    assert_conv_close(nbconv.conv3d(x, w, backend=BACKEND, **options), x, w, **options)
+    with forced_kernel(kernel):
+        got = nbconv.conv3d(x, w, backend=BACKEND, **options)
+    assert_conv_close(got, x, w, **options)
 
 
 def test_empty_output_shape():
@@ -154,3 +160,20 @@ def test_plain_lists_are_accepted():
     w = np.ones((2, 2, 2, 2, 1), int)
     y = nbconv.conv3d(x.tolist(), w.tolist(), padding="VALID", backend=BACKEND)
     assert_conv_close(y, x, w, padding="VALID")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cout", [5, 16, 17, 33, 48, 64, 70])
+def test_blocked_channel_blocks_and_pixel_remainders(cout, dtype):
+    """Every vector count V = 1..4 and its partial last block, and output rows of every length
+    modulo the pixel block (6, 8, 12 or 16), through stride, input dilation and padding."""
+    rng = np.random.default_rng(cout)
+    x = rng.standard_normal((1, 2, 3, 37, 3)).astype(dtype)
+    for options in ({"padding": "SAME"}, {"stride": (1, 1, 2), "padding": ((0, 0), (1, 0), (2, 1))},
+                    {"lhs_dilation": (1, 1, 3), "stride": (1, 1, 2), "padding": 1}, {"rhs_dilation": 3}):
+        w = rng.standard_normal((1, 2, 3, 3, cout)).astype(dtype)
+        for width in (1, 5, 13, 29, 37):
+            xs = x[:, :, :, :width]
+            with forced_kernel("blocked"):
+                got = nbconv.conv3d(xs, w, backend=BACKEND, **options)
+            assert_conv_close(got, xs, w, **options)

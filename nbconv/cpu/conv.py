@@ -1,16 +1,37 @@
 """Kernel choice for a CPU convolution."""
-from nbconv.cpu import direct
+from nbconv import config
+from nbconv.cpu import blocked, direct
+
+
+def _direct(kernel):
+    return lambda x, w, bias, geometry, tables, out: kernel(x, w, bias, *tables, out)
+
+
+def _is_depthwise(geometry):
+    return geometry.in_channels == geometry.out_channels == geometry.groups
+
+
+# name -> (run(x, w, bias, geometry, tables, out), can it run this geometry?)
+KERNELS = {
+    "blocked": (blocked.conv3d, lambda geometry: True),
+    "depthwise": (_direct(direct.conv_depthwise), _is_depthwise),
+    "grouped": (_direct(direct.conv_grouped), lambda geometry: True),
+}
+
+
+def choose_kernel(geometry):
+    """The forced kernel (config.CPU_KERNEL) when it can run, else the best for the shape: the
+    register-blocked micro-kernel once a group has enough output channels to fill a vector."""
+    forced = config.CPU_KERNEL
+    if forced in KERNELS and KERNELS[forced][1](geometry):
+        return forced
+    if _is_depthwise(geometry):
+        return "depthwise"
+    return "blocked" if geometry.out_channels // geometry.groups >= 8 else "grouped"
 
 
 def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
     tables = [geometry.tap_index(axis) for axis in range(3)]
-    kernel = choose_kernel(geometry)
-    kernel(x, w, bias, *tables, out)
-
-
-def choose_kernel(geometry):
-    cin_g = geometry.in_channels // geometry.groups
-    cout_g = geometry.out_channels // geometry.groups
-    return direct.conv_depthwise if cin_g == 1 and cout_g == 1 else direct.conv_grouped
+    KERNELS[choose_kernel(geometry)][0](x, w, bias, geometry, tables, out)
