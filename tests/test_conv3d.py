@@ -162,18 +162,34 @@ def test_plain_lists_are_accepted():
     assert_conv_close(y, x, w, padding="VALID")
 
 
+BLOCK_OPTIONS = ({"padding": "SAME"}, {"stride": (1, 1, 2), "padding": ((0, 0), (1, 0), (2, 1))},
+                 {"lhs_dilation": (1, 1, 3), "stride": (1, 1, 2), "padding": 1}, {"rhs_dilation": 3})
+
+
+def _sweep_rows(kernel, x, w, groups=1):
+    """Output rows of every length modulo the pixel blocks (16, 12, 8, 6 and their halves), through
+    stride, input dilation and padding."""
+    for options in BLOCK_OPTIONS:
+        for width in (1, 5, 13, 29, 37):
+            xs = x[:, :, :, :width]
+            with forced_kernel(kernel):
+                got = nbconv.conv3d(xs, w, groups=groups, backend=BACKEND, **options)
+            assert_conv_close(got, xs, w, groups=groups, **options)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cout", [5, 16, 17, 33, 48, 64, 70])
 def test_blocked_channel_blocks_and_pixel_remainders(cout, dtype):
-    """Every vector count V = 1..4 and its partial last block, and output rows of every length
-    modulo the pixel block (6, 8, 12 or 16), through stride, input dilation and padding."""
+    """Every vector count V = 1..4 and a partial last channel block."""
     rng = np.random.default_rng(cout)
-    x = rng.standard_normal((1, 2, 3, 37, 3)).astype(dtype)
-    for options in ({"padding": "SAME"}, {"stride": (1, 1, 2), "padding": ((0, 0), (1, 0), (2, 1))},
-                    {"lhs_dilation": (1, 1, 3), "stride": (1, 1, 2), "padding": 1}, {"rhs_dilation": 3}):
-        w = rng.standard_normal((1, 2, 3, 3, cout)).astype(dtype)
-        for width in (1, 5, 13, 29, 37):
-            xs = x[:, :, :, :width]
-            with forced_kernel("blocked"):
-                got = nbconv.conv3d(xs, w, backend=BACKEND, **options)
-            assert_conv_close(got, xs, w, **options)
+    _sweep_rows("blocked", rng.standard_normal((1, 2, 3, 37, 3)).astype(dtype),
+                rng.standard_normal((1, 2, 3, 3, cout)).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype, channels", [("float32", 16), ("float32", 48), ("float32", 80),
+                                             ("float64", 8), ("float64", 24), ("float64", 40)])
+def test_blocked_depthwise_channel_blocks(dtype, channels):
+    """Channels of 1, 3 and 5 vectors (blocks of 1, 3, and 5 x 1) in the lane-by-lane kernel."""
+    rng = np.random.default_rng(channels)
+    _sweep_rows("blocked_depthwise", rng.standard_normal((1, 2, 3, 37, channels)).astype(dtype),
+                rng.standard_normal((2, 2, 3, 1, channels)).astype(dtype), groups=channels)

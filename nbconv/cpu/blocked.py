@@ -1,13 +1,17 @@
-"""Register-blocked convolution: the micro-kernel (`fma_tile`) over runs of output pixels.
+"""Register-blocked convolution: the micro-kernels of `microkernel` over runs of output pixels.
 
 Work items are (output row (n, od, oh), group, block of V * LANES output channels), split across
 threads. Along W the output pixels of a row fall into `q` residue classes (q = lhs / gcd(stride, lhs),
-1 without input dilation): inside a class, consecutive pixels read inputs `x_step` apart through the
-same kernel taps, so input dilation skips its zeros for free. A class splits into runs of pixels with
-the same valid taps (the interior, and single pixels near a padded edge); each run gets a tap list of
-(x offset, packed-weight offset, length), consecutive taps merged into one longer reduction where x
-and the packed weights both continue (dense stride-1 rows: KW * Cin at once, which helps Cin = 1 or 3),
-and is computed P pixels at a time, the remainder one by one.
+1 without input dilation): inside a class, consecutive pixels read inputs `x_step` pixels apart through
+the same kernel taps, so input dilation skips its zeros for free. A class splits into runs of pixels
+with the same valid taps (the interior, and single pixels near a padded edge); each run gets a tap
+list of (x offset, packed-weight offset, length), with consecutive taps merged into one longer
+reduction where x and the packed weights both continue (a dense stride-1 row reduces KW * Cin at once,
+which is what makes Cin = 1 or 3 fast), and is computed in blocks of as many pixels as the
+micro-kernel holds.
+
+Dense and grouped convolutions broadcast one input value against V weight vectors (`fma_tile`);
+depthwise ones multiply input and weight vectors lane by lane (`fma_channels`).
 """
 from math import gcd
 
@@ -15,20 +19,41 @@ import numpy as np
 from numba import njit, prange
 
 from nbconv.config import CACHE
-from nbconv.cpu.microkernel import fma_tile, lanes
-
-def vectors_for(geometry, dtype):
-    """Vectors of output channels per work item: enough for the group, at most 4."""
-    cout_g = geometry.out_channels // geometry.groups
-    return min(4, -(-cout_g // lanes(np.dtype(dtype))))
+from nbconv.cpu.microkernel import MAX_PIXELS, fma_channels, fma_tile, lanes, pixel_block
 
 
 def conv3d(x, w, bias, geometry, tables, out):
-    v = vectors_for(geometry, x.dtype)
-    packed = pack_weights(w, geometry.groups, v * lanes(x.dtype))
+    """Dense and grouped: blocks of up to 4 vectors of one group's output channels."""
+    width = lanes(x.dtype)
+    cout_g = geometry.out_channels // geometry.groups
+    vectors = min(4, -(-cout_g // width))
+    packed = pack_weights(w, geometry.groups, vectors * width)
+    _run(x, packed, _pad_bias(bias, geometry.groups, packed.shape[1] * packed.shape[4]), tables, out,
+         geometry, vectors, False)
+
+
+def depthwise_fits(geometry, dtype):
+    """Depthwise with whole vectors of channels: every vector load of x stays inside its pixel."""
+    return (geometry.in_channels == geometry.out_channels == geometry.groups
+            and geometry.out_channels % lanes(dtype) == 0)
+
+
+def conv3d_depthwise(x, w, bias, geometry, tables, out):
+    """Depthwise (see `depthwise_fits`): channel vectors multiplied lane by lane."""
+    channels = geometry.out_channels
+    per_vector = channels // lanes(x.dtype)
+    vectors = max(v for v in (4, 3, 2, 1) if per_vector % v == 0)
+    block = vectors * lanes(x.dtype)
+    # As one group of `channels` output channels in blocks of `block`: (1, blocks, taps, 1, block).
+    packed = w.reshape(-1, channels // block, block).transpose(1, 0, 2)
+    packed = np.ascontiguousarray(packed)[None, :, :, None]
+    _run(x, packed, bias.reshape(1, -1), tables, out, geometry, vectors, True)
+
+
+def _run(x, packed, bias, tables, out, geometry, vectors, depthwise):
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
-    _conv_blocked(x, packed, bias, *tables, out, q, q * stride // lhs, v)
+    _conv_blocked(x, packed, bias, *tables, out, q, q * stride // lhs, vectors, depthwise)
 
 
 def pack_weights(w, groups, width):
@@ -43,14 +68,19 @@ def pack_weights(w, groups, width):
     return np.ascontiguousarray(padded.reshape(taps, cin_g, groups, blocks, width).transpose(2, 3, 0, 1, 4))
 
 
+def _pad_bias(bias, groups, padded):
+    """(groups * Cout_g,) -> (groups, padded) with zeros: every vector the micro-kernel reads exists."""
+    out = np.zeros((groups, padded), bias.dtype)
+    out[:, :bias.size // groups] = bias.reshape(groups, -1)
+    return out
+
+
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors):
-    pixels = _pixels(vectors)
+def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors, depthwise):
     n_batch, n_od, n_oh, n_ow, cout = out.shape
     groups, blocks, n_taps, cin_g, width = packed.shape
     cout_g = cout // groups
-    flat_x = x.reshape(-1)
-    flat_w = packed.reshape(-1)
+    flat_x, flat_w, flat_y, flat_b = x.reshape(-1), packed.reshape(-1), out.reshape(-1), bias.reshape(-1)
     strides = (x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4], x.shape[2] * x.shape[3] * x.shape[4],
                x.shape[3] * x.shape[4], x.shape[4])
     for task in prange(n_batch * n_od * n_oh * groups * blocks):
@@ -58,13 +88,14 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors)
         group = (task // blocks) % groups
         row = task // (blocks * groups)
         n, od, oh = row // (n_od * n_oh), (row // n_oh) % n_od, row % n_oh
-        tile = np.empty(pixels * width, out.dtype)
         taps = np.empty((n_taps, 3), np.int64)
-        x_base = n * strides[0] + group * cin_g
+        tile = np.empty(MAX_PIXELS * width, out.dtype)
+        c_first = block * width if depthwise else group * cout_g + block * width
+        c_count = min(width, cout - c_first) if depthwise else min(width, cout_g - block * width)
+        x_base = n * strides[0] + (c_first if depthwise else group * cin_g)
         w_base = (group * blocks + block) * n_taps * cin_g * width
-        c_first = group * cout_g + block * width
-        c_count = min(width, cout_g - block * width)
-        y = out[n, od, oh]
+        b_base = (group * blocks + block) * width
+        y_row = ((n * n_od + od) * n_oh + oh) * n_ow * cout
         for r in range(q):
             count = (n_ow - r + q - 1) // q
             j = 0
@@ -73,53 +104,26 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors)
                 while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                     end += 1
                 used = _tap_list(taps, idx_d[od], idx_h[oh], idx_w[r + q * j], strides, cin_g, width)
-                tap_list = taps[:used]
                 p = j
-                while p + pixels <= end:
-                    _fma_tile(True, vectors, flat_x, x_base + (p - j) * x_step * strides[3], x_step * strides[3],
-                              tap_list, flat_w, w_base, tile)
-                    _store(y, tile, pixels, r + q * p, q, width, c_first, c_count, bias)
-                    p += pixels
                 while p < end:
-                    _fma_tile(False, vectors, flat_x, x_base + (p - j) * x_step * strides[3], 0, tap_list, flat_w,
-                              w_base, tile)
-                    _store(y, tile, 1, r + q * p, q, width, c_first, c_count, bias)
-                    p += 1
+                    pixels = pixel_block(vectors, end - p)
+                    x_at = x_base + (p - j) * x_step * strides[3]
+                    y_at = y_row + (r + q * p) * cout + c_first
+                    # A partial channel block goes through `tile`: a full vector store would spill
+                    # into the next group's channels or past the end of `out`.
+                    full = c_count == width
+                    y, y_base, y_step = (flat_y, y_at, q * cout) if full else (tile, 0, width)
+                    if depthwise:
+                        fma_channels(vectors, pixels, flat_x, x_at, x_step * strides[3], taps[:used], flat_w,
+                                     w_base, y, y_base, y_step, flat_b, b_base)
+                    else:
+                        fma_tile(vectors, pixels, flat_x, x_at, x_step * strides[3], taps[:used], flat_w,
+                                 w_base, y, y_base, y_step, flat_b, b_base)
+                    if not full:
+                        for i in range(pixels):
+                            flat_y[y_at + i * q * cout:y_at + i * q * cout + c_count] = tile[i * width:i * width + c_count]
+                    p += pixels
                 j = end
-
-
-@njit(inline="always")
-def _pixels(vectors):
-    """Output pixels per micro-kernel call for V vectors of output channels: the P * V accumulators
-    and V weight vectors must fit in the 32 vector registers."""
-    return 16 if vectors == 1 else 12 if vectors == 2 else 8 if vectors == 3 else 6
-
-
-@njit(inline="always")
-def _fma_tile(block, vectors, x, x_base, x_step, taps, w, w_base, tile):
-    """fma_tile for a run-time V, over a block of _pixels(V) pixels or a single one: the literal
-    arguments the intrinsic needs, chosen by a branch (Numba's `literally` would re-dispatch on every
-    call of the caller, at milliseconds each)."""
-    if vectors == 1:
-        if block:
-            fma_tile(16, 1, x, x_base, x_step, taps, w, w_base, tile)
-        else:
-            fma_tile(1, 1, x, x_base, x_step, taps, w, w_base, tile)
-    elif vectors == 2:
-        if block:
-            fma_tile(12, 2, x, x_base, x_step, taps, w, w_base, tile)
-        else:
-            fma_tile(1, 2, x, x_base, x_step, taps, w, w_base, tile)
-    elif vectors == 3:
-        if block:
-            fma_tile(8, 3, x, x_base, x_step, taps, w, w_base, tile)
-        else:
-            fma_tile(1, 3, x, x_base, x_step, taps, w, w_base, tile)
-    else:
-        if block:
-            fma_tile(6, 4, x, x_base, x_step, taps, w, w_base, tile)
-        else:
-            fma_tile(1, 4, x, x_base, x_step, taps, w, w_base, tile)
 
 
 @njit(inline="always")
@@ -133,7 +137,8 @@ def _same_taps(idx_w, a, b):
 @njit(inline="always")
 def _tap_list(taps, row_d, row_h, row_w, strides, cin_g, width):
     """Fill taps[:count] with (x offset, packed-weight offset, length) of every valid tap for one
-    output pixel, merging a tap into the previous one where both offsets continue; -> count."""
+    output pixel, merging a tap into the previous one where both offsets continue; -> count.
+    (Depthwise rows never merge: their pixels are a whole number of vectors, >= 8 channels, apart.)"""
     n_kh, n_kw = row_h.shape[0], row_w.shape[0]
     count = 0
     for kd in range(row_d.shape[0]):
@@ -152,10 +157,3 @@ def _tap_list(taps, row_d, row_h, row_w, strides, cin_g, width):
                     taps[count, 0], taps[count, 1], taps[count, 2] = x_off, w_off, cin_g
                     count += 1
     return count
-
-
-@njit(inline="always")
-def _store(y, tile, pixels, ow_first, q, width, c_first, c_count, bias):
-    for p in range(pixels):
-        for c in range(c_count):
-            y[ow_first + q * p, c_first + c] = tile[p * width + c] + bias[c_first + c]

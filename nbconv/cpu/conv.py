@@ -7,26 +7,31 @@ def _direct(kernel):
     return lambda x, w, bias, geometry, tables, out: kernel(x, w, bias, *tables, out)
 
 
-def _is_depthwise(geometry):
+def _is_depthwise(geometry, dtype):
     return geometry.in_channels == geometry.out_channels == geometry.groups
 
 
-# name -> (run(x, w, bias, geometry, tables, out), can it run this geometry?)
+def _always(geometry, dtype):
+    return True
+
+
+# name -> (run(x, w, bias, geometry, tables, out), can it run this geometry and dtype?)
 KERNELS = {
-    "blocked": (blocked.conv3d, lambda geometry: True),
+    "blocked": (blocked.conv3d, _always),
+    "blocked_depthwise": (blocked.conv3d_depthwise, blocked.depthwise_fits),
     "depthwise": (_direct(direct.conv_depthwise), _is_depthwise),
-    "grouped": (_direct(direct.conv_grouped), lambda geometry: True),
+    "grouped": (_direct(direct.conv_grouped), _always),
 }
 
 
-def choose_kernel(geometry):
+def choose_kernel(geometry, dtype):
     """The forced kernel (config.CPU_KERNEL) when it can run, else the best for the shape: the
-    register-blocked micro-kernel once a group has enough output channels to fill a vector."""
-    forced = config.CPU_KERNEL
-    if forced in KERNELS and KERNELS[forced][1](geometry):
-        return forced
-    if _is_depthwise(geometry):
-        return "depthwise"
+    register-blocked micro-kernels where channels fill vectors, the plain loop nests elsewhere."""
+    forced = KERNELS.get(config.CPU_KERNEL)
+    if forced and forced[1](geometry, dtype):
+        return config.CPU_KERNEL
+    if _is_depthwise(geometry, dtype):
+        return "blocked_depthwise" if blocked.depthwise_fits(geometry, dtype) else "depthwise"
     return "blocked" if geometry.out_channels // geometry.groups >= 8 else "grouped"
 
 
@@ -34,4 +39,4 @@ def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
     tables = [geometry.tap_index(axis) for axis in range(3)]
-    KERNELS[choose_kernel(geometry)][0](x, w, bias, geometry, tables, out)
+    KERNELS[choose_kernel(geometry, x.dtype)][0](x, w, bias, geometry, tables, out)
