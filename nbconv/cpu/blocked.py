@@ -53,7 +53,8 @@ def conv3d_depthwise(x, w, bias, geometry, tables, out):
 def _run(x, packed, bias, tables, out, geometry, vectors, depthwise):
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
-    _conv_blocked(x, packed, bias, *tables, out, q, q * stride // lhs, vectors, depthwise)
+    # V travels as the type of a tuple of V zeros, so that each V compiles only its own micro-kernels.
+    _conv_blocked(x, packed, bias, *tables, out, q, q * stride // lhs, (0,) * vectors, depthwise)
 
 
 def pack_weights(w, groups, width):
@@ -106,7 +107,7 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors,
                 used = _tap_list(taps, idx_d[od], idx_h[oh], idx_w[r + q * j], strides, cin_g, width)
                 p = j
                 while p < end:
-                    pixels = pixel_block(vectors, end - p)
+                    pixels = pixel_block(len(vectors), end - p)
                     x_at = x_base + (p - j) * x_step * strides[3]
                     y_at = y_row + (r + q * p) * cout + c_first
                     # A partial channel block goes through `tile`: a full vector store would spill

@@ -1,7 +1,7 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(V, P, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias, bias_base)`` computes
+``fma_tile(vectors, P, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias, bias_base)`` computes
 P output pixels x V vectors of LANES output channels, held as P * V accumulators in vector registers
 across the whole reduction, and stores them plus the bias:
 
@@ -12,9 +12,10 @@ across the whole reduction, and stores them plus the bias:
 lane: ``x[x_base + taps[t, 0] + p * x_step + i + v * LANES + l]``.
 
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
-two 512-bit FMA pipes and 32 vector registers. V and P are run-time values; the IR holds one unrolled
-body per (V, P) in VARIANTS behind a switch, so callers need no compile-time constants. `bias` must
-have V * LANES readable values from `bias_base`.
+two 512-bit FMA pipes and 32 vector registers. V is given by the type of `vectors`, a tuple of V
+zeros: each V compiles separately, with only its own bodies. P is a run-time value: the IR holds one
+unrolled body per pixel count of VARIANTS[V] behind a switch. `bias` must have V * LANES readable
+values from `bias_base`.
 """
 import numpy as np
 from llvmlite import ir
@@ -28,6 +29,7 @@ VECTOR_BYTES = 64
 # 32 registers; the halvings cover the ends of rows without falling back to one pixel at a time.
 VARIANTS = {1: (16, 8, 4, 2, 1), 2: (12, 6, 3, 1), 3: (8, 4, 2, 1), 4: (6, 3, 1)}
 MAX_PIXELS = 16
+FMA_CHAINS = 8
 # VARIANTS as a table for compiled code: row V - 1, descending, padded with 1.
 _CHOICES = np.array([counts + (1,) * (5 - len(counts)) for counts in VARIANTS.values()], np.int64)
 
@@ -51,12 +53,12 @@ def _intrinsic(elementwise):
               bias_base):
         sig = types.void(vectors, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias,
                          bias_base)
-        return sig, _codegen(x.dtype, elementwise)
+        return sig, _codegen(x.dtype, vectors.count, elementwise)
     typer.__name__ = "fma_channels" if elementwise else "fma_tile"
     return intrinsic(typer)
 
 
-def _codegen(dtype, elementwise):
+def _codegen(dtype, n_vec, elementwise):
     def codegen(context, builder, signature, args):
         tys = signature.args
         vectors, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias, bias_base = args
@@ -66,16 +68,14 @@ def _codegen(dtype, elementwise):
         taps_ary = context.make_array(tys[5])(context, builder, taps)
         n_taps = cgutils.unpack_tuple(builder, taps_ary.shape)[0]
         done = builder.append_basic_block("fma_done")
-        key = builder.add(builder.mul(vectors, emit.const(64)), pixels)
-        switch = builder.switch(key, done)
-        for n_vec, pixel_counts in VARIANTS.items():
-            for n_pix in pixel_counts:
-                block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
-                switch.add_case(ir.Constant(key.type, n_vec * 64 + n_pix), block)
-                builder.position_at_end(block)
-                emit.body(n_vec, n_pix, data, taps_ary.data, n_taps, x_base, x_step, w_base, y_base,
-                          y_step, bias_base)
-                builder.branch(done)
+        switch = builder.switch(pixels, done)
+        for n_pix in VARIANTS[n_vec]:
+            block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
+            switch.add_case(ir.Constant(pixels.type, n_pix), block)
+            builder.position_at_end(block)
+            emit.body(n_vec, n_pix, data, taps_ary.data, n_taps, x_base, x_step, w_base, y_base, y_step,
+                      bias_base)
+            builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
     return codegen
@@ -111,30 +111,48 @@ class _Emitter:
         return b.shuffle_vector(one, ir.Constant(self.vec, ir.Undefined), zeros)
 
     def body(self, n_vec, n_pix, data, taps, n_taps, x_base, x_step, w_base, y_base, y_step, bias_base):
-        b, c, width = self.builder, self.const, self.width
-        acc = [[cgutils.alloca_once_value(b, ir.Constant(self.vec, None)) for _ in range(n_vec)]
-               for _ in range(n_pix)]
+        b, c = self.builder, self.const
+        # An FMA waits ~4 cycles for its accumulator and two issue per cycle, so 8 independent chains
+        # keep the pipes full; small blocks (row ends) get extra accumulator sets, used in turn by
+        # consecutive reduction steps and summed at the end.
+        sets = max(1, FMA_CHAINS // (n_pix * n_vec))
+        acc = [[[cgutils.alloca_once_value(b, ir.Constant(self.vec, None)) for _ in range(n_vec)]
+                for _ in range(n_pix)] for _ in range(sets)]
         with cgutils.for_range(b, n_taps) as tap:
             row = b.mul(tap.index, c(3))
             entry = [b.load(b.gep(taps, [b.add(row, c(k))])) for k in range(3)]
-            x_first, w_first = b.add(x_base, entry[0]), b.add(w_base, entry[1])
-            with cgutils.for_range(b, entry[2]) as step:
-                w_row = b.add(w_first, b.mul(step.index, c(n_vec * width)))
-                weights = [self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in range(n_vec)]
-                x_row = b.add(x_first, step.index)
-                for p in range(n_pix):
-                    at = b.add(x_row, b.mul(x_step, c(p)))
-                    if self.elementwise:
-                        inputs = [self.load_vector(data["x"], b.add(at, c(v * width))) for v in range(n_vec)]
-                    else:
-                        inputs = [self.broadcast(b.load(b.gep(data["x"], [at])))] * n_vec
-                    for v in range(n_vec):
-                        b.store(b.call(self.fma, [inputs[v], weights[v], b.load(acc[p][v])]), acc[p][v])
+            operands = (data, b.add(x_base, entry[0]), x_step, b.add(w_base, entry[1]), n_vec, n_pix)
+            length = entry[2]
+            unrolled = b.sub(length, b.srem(length, c(sets)))
+            with cgutils.for_range_slice(b, c(0), unrolled, c(sets)) as (step, _):
+                for k in range(sets):
+                    self.step(acc[k], b.add(step, c(k)), *operands)
+            with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
+                self.step(acc[0], step, *operands)
+        width = self.width
         for v in range(n_vec):
             shift = self.load_vector(data["bias"], b.add(bias_base, c(v * width)))
             for p in range(n_pix):
+                total = b.load(acc[0][p][v])
+                for k in range(1, sets):
+                    total = b.fadd(total, b.load(acc[k][p][v]))
                 at = b.add(b.add(y_base, b.mul(y_step, c(p))), c(v * width))
-                self.store_vector(b.fadd(b.load(acc[p][v]), shift), data["y"], at)
+                self.store_vector(b.fadd(total, shift), data["y"], at)
+
+    def step(self, acc, i, data, x_first, x_step, w_first, n_vec, n_pix):
+        """One reduction element `i` of the current tap into the P x V accumulators `acc`."""
+        b, c, width = self.builder, self.const, self.width
+        w_row = b.add(w_first, b.mul(i, c(n_vec * width)))
+        weights = [self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in range(n_vec)]
+        x_row = b.add(x_first, i)
+        for p in range(n_pix):
+            at = b.add(x_row, b.mul(x_step, c(p)))
+            if self.elementwise:
+                inputs = [self.load_vector(data["x"], b.add(at, c(v * width))) for v in range(n_vec)]
+            else:
+                inputs = [self.broadcast(b.load(b.gep(data["x"], [at])))] * n_vec
+            for v in range(n_vec):
+                b.store(b.call(self.fma, [inputs[v], weights[v], b.load(acc[p][v])]), acc[p][v])
 
 
 fma_tile = _intrinsic(elementwise=False)
