@@ -5,6 +5,7 @@ Pure Python and NumPy: nothing here compiles. The rules are those of ``jax.lax.c
 """
 import numbers
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -114,7 +115,7 @@ class ConvGeometry:
     lhs_dilation: tuple
     rhs_dilation: tuple
 
-    @property
+    @cached_property
     def out_spatial(self):
         return output_spatial(self.in_spatial, self.kernel, self.stride, self.pads,
                               self.lhs_dilation, self.rhs_dilation)
@@ -130,6 +131,10 @@ class ConvGeometry:
         return (2 * self.batch * int(np.prod(self.out_spatial)) * self.out_channels
                 * int(np.prod(self.kernel)) * self.in_channels // self.groups)
 
+    def tap_tables(self):
+        """`tap_index` of the three spatial axes (cached: calls repeat with the same shapes)."""
+        return _tap_tables(self)
+
     def tap_index(self, axis):
         """Table ``t[o, k]``: the input index that output ``o`` reads through kernel tap ``k`` on this
         spatial axis, or -1 where it lands on padding or on a zero inserted by input dilation."""
@@ -140,6 +145,14 @@ class ConvGeometry:
                + np.arange(k)[None, :] * self.rhs_dilation[axis] - lo)
         real = (pos >= 0) & (pos % lhs == 0) & (pos // lhs < n)
         return np.where(real, pos // lhs, -1).astype(np.int64)
+
+
+@lru_cache(maxsize=64)
+def _tap_tables(geometry):
+    tables = tuple(geometry.tap_index(axis) for axis in range(SPATIAL))
+    for table in tables:
+        table.flags.writeable = False  # shared by every call with this geometry
+    return tables
 
 
 def conv_geometry(x_shape, w_shape, *, stride, padding, lhs_dilation, rhs_dilation, groups,

@@ -78,25 +78,16 @@ def _pad_bias(bias, groups, padded):
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
 def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors, depthwise):
+    """One output row (n, od, oh) per task; per run of pixels one tap list, shared by every group
+    and channel block (its offsets are relative to them)."""
     n_batch, n_od, n_oh, n_ow, cout = out.shape
-    groups, blocks, n_taps, cin_g, width = packed.shape
-    cout_g = cout // groups
-    flat_x, flat_w, flat_y, flat_b = x.reshape(-1), packed.reshape(-1), out.reshape(-1), bias.reshape(-1)
+    n_taps, cin_g, width = packed.shape[2:]
     strides = (x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4], x.shape[2] * x.shape[3] * x.shape[4],
                x.shape[3] * x.shape[4], x.shape[4])
-    for task in prange(n_batch * n_od * n_oh * groups * blocks):
-        block = task % blocks
-        group = (task // blocks) % groups
-        row = task // (blocks * groups)
+    for row in prange(n_batch * n_od * n_oh):
         n, od, oh = row // (n_od * n_oh), (row // n_oh) % n_od, row % n_oh
         taps = np.empty((n_taps, 3), np.int64)
         tile = np.empty(MAX_PIXELS * width, out.dtype)
-        c_first = block * width if depthwise else group * cout_g + block * width
-        c_count = min(width, cout - c_first) if depthwise else min(width, cout_g - block * width)
-        x_base = n * strides[0] + (c_first if depthwise else group * cin_g)
-        w_base = (group * blocks + block) * n_taps * cin_g * width
-        b_base = (group * blocks + block) * width
-        y_row = ((n * n_od + od) * n_oh + oh) * n_ow * cout
         for r in range(q):
             count = (n_ow - r + q - 1) // q
             j = 0
@@ -105,26 +96,48 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors,
                 while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                     end += 1
                 used = _tap_list(taps, idx_d[od], idx_h[oh], idx_w[r + q * j], strides, cin_g, width)
-                p = j
-                while p < end:
-                    pixels = pixel_block(len(vectors), end - p)
-                    x_at = x_base + (p - j) * x_step * strides[3]
-                    y_at = y_row + (r + q * p) * cout + c_first
-                    # A partial channel block goes through `tile`: a full vector store would spill
-                    # into the next group's channels or past the end of `out`.
-                    full = c_count == width
-                    y, y_base, y_step = (flat_y, y_at, q * cout) if full else (tile, 0, width)
-                    if depthwise:
-                        fma_channels(vectors, pixels, flat_x, x_at, x_step * strides[3], taps[:used], flat_w,
-                                     w_base, y, y_base, y_step, flat_b, b_base)
-                    else:
-                        fma_tile(vectors, pixels, flat_x, x_at, x_step * strides[3], taps[:used], flat_w,
-                                 w_base, y, y_base, y_step, flat_b, b_base)
-                    if not full:
-                        for i in range(pixels):
-                            flat_y[y_at + i * q * cout:y_at + i * q * cout + c_count] = tile[i * width:i * width + c_count]
-                    p += pixels
+                # The run's first output pixel (flat) and its image in x: the tap offsets lead from there.
+                first = (((n * n_od + od) * n_oh + oh) * n_ow + r + q * j, n * strides[0])
+                _run_blocks(x, packed, bias, out, taps[:used], tile, first, end - j, q, x_step * strides[3],
+                            vectors, depthwise)
                 j = end
+
+
+@njit(inline="always")
+def _run_blocks(x, packed, bias, out, taps, tile, first, count, q, x_step, vectors, depthwise):
+    """`count` output pixels, q apart from flat pixel first[0] (reading x from first[1]), for every
+    group and channel block, in micro-kernel calls of as many pixels as each holds."""
+    groups, blocks, n_taps, cin_g, width = packed.shape
+    cout = out.shape[-1]
+    cout_g = cout // groups
+    flat_x, flat_w, flat_y, flat_b = x.reshape(-1), packed.reshape(-1), out.reshape(-1), bias.reshape(-1)
+    for group in range(groups):
+        for block in range(blocks):
+            c_first = block * width if depthwise else group * cout_g + block * width
+            c_count = min(width, cout - c_first) if depthwise else min(width, cout_g - block * width)
+            x_base = first[1] + (c_first if depthwise else group * cin_g)
+            w_base = (group * blocks + block) * n_taps * cin_g * width
+            b_base = (group * blocks + block) * width
+            # A partial channel block goes through `tile`: a full vector store would spill into the
+            # next group's channels or past the end of `out`.
+            full = c_count == width
+            p = 0
+            while p < count:
+                pixels = pixel_block(len(vectors), count - p)
+                x_at = x_base + p * x_step
+                y_at = (first[0] + q * p) * cout + c_first
+                y, y_base, y_step = (flat_y, y_at, q * cout) if full else (tile, 0, width)
+                if depthwise:
+                    fma_channels(vectors, pixels, flat_x, x_at, x_step, taps, flat_w, w_base, y, y_base, y_step,
+                                 flat_b, b_base)
+                else:
+                    fma_tile(vectors, pixels, flat_x, x_at, x_step, taps, flat_w, w_base, y, y_base, y_step,
+                             flat_b, b_base)
+                if not full:
+                    for i in range(pixels):
+                        at = y_at + i * q * cout
+                        flat_y[at:at + c_count] = tile[i * width:i * width + c_count]
+                p += pixels
 
 
 @njit(inline="always")

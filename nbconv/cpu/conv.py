@@ -38,5 +38,5 @@ def choose_kernel(geometry, dtype):
 def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
-    tables = [geometry.tap_index(axis) for axis in range(3)]
+    tables = geometry.tap_tables()
     KERNELS[choose_kernel(geometry, x.dtype)][0](x, w, bias, geometry, tables, out)

@@ -19,7 +19,7 @@ def conv3d(x, w, bias, call, out):
     w_dev = _to_device(w, compute)
     n_out = geometry.out_channels
     bias_dev = _to_device(np.zeros(n_out, compute) if bias is None else _flat(bias), compute)
-    tables = [cuda.to_device(geometry.tap_index(axis)) for axis in range(3)]
+    tables = [cuda.to_device(table) for table in geometry.tap_tables()]
     y = cuda.device_array(geometry.out_shape, compute)
     if y.size:
         launch_conv(x5, w_dev, bias_dev, tables, y, geometry)
