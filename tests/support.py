@@ -13,7 +13,7 @@ BACKEND = os.environ.get("NBCONV_TEST_BACKEND", "cpu")
 SIMULATED = BACKEND == "cuda"
 # Every kernel of the backend, each forced in turn (nbconv.config); one that does not apply to a
 # problem leaves it to the automatic choice.
-KERNELS = ["tiled", "channels"] if SIMULATED else ["blocked", "blocked_depthwise", "depthwise", "grouped"]
+KERNELS = ["tiled", "channels"] if SIMULATED else ["blocked", "depthwise", "grouped"]
 
 
 @contextmanager

@@ -186,10 +186,13 @@ def test_blocked_channel_blocks_and_pixel_remainders(cout, dtype):
                 rng.standard_normal((1, 2, 3, 3, cout)).astype(dtype))
 
 
-@pytest.mark.parametrize("dtype, channels", [("float32", 16), ("float32", 48), ("float32", 80),
-                                             ("float64", 8), ("float64", 24), ("float64", 40)])
-def test_blocked_depthwise_channel_blocks(dtype, channels):
-    """Channels of 1, 3 and 5 vectors (blocks of 1, 3, and 5 x 1) in the lane-by-lane kernel."""
-    rng = np.random.default_rng(channels)
-    _sweep_rows("blocked_depthwise", rng.standard_normal((1, 2, 3, 37, channels)).astype(dtype),
-                rng.standard_normal((2, 2, 3, 1, channels)).astype(dtype), groups=channels)
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
+    ("float32", 2, 3, 8), ("float32", 4, 2, 4), ("float32", 8, 1, 2), ("float32", 16, 1, 1),
+    ("float32", 48, 1, 1), ("float32", 32, 2, 1), ("float64", 2, 3, 4), ("float64", 8, 1, 1),
+    ("float64", 24, 1, 1), ("float64", 4, 5, 2)])
+def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
+    """Small groups packed K = LANES / Cout_g to a vector (K = 2 .. 16), depthwise included, with
+    interleaved inputs and lanes scattered back to their channels."""
+    rng = np.random.default_rng(groups * cout_g)
+    _sweep_rows("blocked", rng.standard_normal((1, 2, 3, 37, groups * cin_g)).astype(dtype),
+                rng.standard_normal((2, 2, 3, cin_g, groups * cout_g)).astype(dtype), groups=groups)

@@ -1,17 +1,18 @@
-"""Register-blocked convolution: the micro-kernels of `microkernel` over runs of output pixels.
+"""Register-blocked convolution: the micro-kernel of `microkernel` over runs of output pixels.
 
-Work items are (output row (n, od, oh), group, block of V * LANES output channels), split across
-threads. Along W the output pixels of a row fall into `q` residue classes (q = lhs / gcd(stride, lhs),
-1 without input dilation): inside a class, consecutive pixels read inputs `x_step` pixels apart through
-the same kernel taps, so input dilation skips its zeros for free. A class splits into runs of pixels
-with the same valid taps (the interior, and single pixels near a padded edge); each run gets a tap
-list of (x offset, packed-weight offset, length), with consecutive taps merged into one longer
-reduction where x and the packed weights both continue (a dense stride-1 row reduces KW * Cin at once,
-which is what makes Cin = 1 or 3 fast), and is computed in blocks of as many pixels as the
-micro-kernel holds.
+Output channels are cut into vectors of LANES. A group with at least LANES output channels gets up to
+4 vectors per micro-kernel call, each input value broadcast to all of them (K = 1). Smaller groups are
+packed K = LANES / Cout_g groups to a vector (lane l: group l % K), the K inputs of one reduction
+step read side by side; depthwise is K = LANES with plain vector loads. Such a "unit" (a group, or K
+groups) has its own input channels, packed weights and output lanes.
 
-Dense and grouped convolutions broadcast one input value against V weight vectors (`fma_tile`);
-depthwise ones multiply input and weight vectors lane by lane (`fma_channels`).
+One output row (n, od, oh) per task. Along W the pixels of a row fall into `q` residue classes
+(q = lhs / gcd(stride, lhs), 1 without input dilation): inside a class, consecutive pixels read inputs
+`x_step` pixels apart through the same taps, so input dilation skips its zeros for free. A class
+splits into runs of pixels with the same valid taps (the interior, and single pixels near a padded
+edge); a run gets one list of (x offset, packed-weight offset, length) taps, with consecutive taps
+merged where x and the weights both continue (a dense stride-1 row reduces KW * Cin at once, which
+is what makes Cin = 1 or 3 fast), shared by every unit and channel block.
 """
 from math import gcd
 
@@ -19,66 +20,76 @@ import numpy as np
 from numba import njit, prange
 
 from nbconv.config import CACHE
-from nbconv.cpu.microkernel import MAX_PIXELS, fma_channels, fma_tile, lanes, pixel_block
+from nbconv.cpu.microkernel import MAX_PIXELS, fma_tile, lanes, pixel_block
+
+
+def spread_for(geometry, dtype):
+    """Groups per vector: K = LANES / Cout_g when that packs whole vectors, else 1."""
+    width = lanes(dtype)
+    cout_g = geometry.out_channels // geometry.groups
+    k = width // cout_g if cout_g < width and width % cout_g == 0 else 1
+    return k if geometry.groups % k == 0 else 1
 
 
 def conv3d(x, w, bias, geometry, tables, out):
-    """Dense and grouped: blocks of up to 4 vectors of one group's output channels."""
-    width = lanes(x.dtype)
-    cout_g = geometry.out_channels // geometry.groups
-    vectors = min(4, -(-cout_g // width))
-    packed = pack_weights(w, geometry.groups, vectors * width)
-    _run(x, packed, _pad_bias(bias, geometry.groups, packed.shape[1] * packed.shape[4]), tables, out,
-         geometry, vectors, False)
-
-
-def depthwise_fits(geometry, dtype):
-    """Depthwise with whole vectors of channels: every vector load of x stays inside its pixel."""
-    return (geometry.in_channels == geometry.out_channels == geometry.groups
-            and geometry.out_channels % lanes(dtype) == 0)
-
-
-def conv3d_depthwise(x, w, bias, geometry, tables, out):
-    """Depthwise (see `depthwise_fits`): channel vectors multiplied lane by lane."""
-    channels = geometry.out_channels
-    per_vector = channels // lanes(x.dtype)
-    vectors = max(v for v in (4, 3, 2, 1) if per_vector % v == 0)
-    block = vectors * lanes(x.dtype)
-    # As one group of `channels` output channels in blocks of `block`: (1, blocks, taps, 1, block).
-    packed = w.reshape(-1, channels // block, block).transpose(1, 0, 2)
-    packed = np.ascontiguousarray(packed)[None, :, :, None]
-    _run(x, packed, bias.reshape(1, -1), tables, out, geometry, vectors, True)
-
-
-def _run(x, packed, bias, tables, out, geometry, vectors, depthwise):
+    width, k = lanes(x.dtype), spread_for(geometry, x.dtype)
+    groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
+    if k == 1:
+        vectors = min(4, -(-cout_g // width))
+    else:  # up to 4 vectors of K groups each, as long as they split the groups evenly
+        vectors = max(v for v in (4, 3, 2, 1) if (groups // k) % v == 0)
+    packed, channel_of_lane = pack_weights(w, groups, vectors, width, k)
+    unit_first = np.arange(packed.shape[0]) * (geometry.out_channels // packed.shape[0])
+    flat_bias = np.ascontiguousarray(bias[channel_of_lane.clip(0) + unit_first[:, None, None]])
+    # Blocks whose lanes are consecutive output channels are stored straight into `out`.
+    in_order = (channel_of_lane == channel_of_lane[:, :1] + np.arange(channel_of_lane.shape[1])).all(axis=1)
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
-    # V travels as the type of a tuple of V zeros, so that each V compiles only its own micro-kernels.
-    _conv_blocked(x, packed, bias, *tables, out, q, q * stride // lhs, (0,) * vectors, depthwise)
+    # How far apart in x the K groups of consecutive vectors start (0: the vectors share inputs).
+    x_vector = k * geometry.in_channels // groups if k > 1 else 0
+    # V and K travel as the types of tuples of zeros: each combination compiles only its own code.
+    _conv_blocked(group_inputs(x, groups, k), packed, flat_bias, channel_of_lane, in_order, *tables, out, q,
+                  q * stride // lhs, x_vector, (0,) * vectors, (0,) * k)
 
 
-def pack_weights(w, groups, width):
-    """(KD, KH, KW, Cin_g, Cout) -> (groups, channel blocks, taps, Cin_g, width), zero-padded: the
-    micro-kernel reads `width` output channels of one (tap, input channel) as contiguous vectors."""
+def pack_weights(w, groups, vectors, lanes_, k):
+    """(KD, KH, KW, Cin_g, Cout) -> packed (units, blocks, taps, Cin_g, V * LANES), zero-padded, and
+    the output channel (relative to the unit's first) of every (block, lane), -1 for padding: the
+    micro-kernel reads the V vectors of one (tap, input channel) contiguously. A unit is one group
+    (K = 1, in blocks of V vectors) or V * K groups (K > 1, one block)."""
     *kernel, cin_g, cout = w.shape
-    cout_g = cout // groups
-    blocks = -(-cout_g // width)
-    taps = int(np.prod(kernel))
-    padded = np.zeros((taps, cin_g, groups, blocks * width), w.dtype)
-    padded[..., :cout_g] = w.reshape(taps, cin_g, groups, cout_g)
-    return np.ascontiguousarray(padded.reshape(taps, cin_g, groups, blocks, width).transpose(2, 3, 0, 1, 4))
+    taps, cout_g = int(np.prod(kernel)), cout // groups
+    width = vectors * lanes_
+    blocks = -(-cout_g // width) if k == 1 else 1
+    per_unit = 1 if k == 1 else vectors * k
+    # Channel c of group j (of the unit's groups) goes to lane (j // K) * LANES + c * K + j % K;
+    # with K = 1 that is lane c of the blocks laid end to end.
+    lane_channel = np.full(blocks * width, -1)
+    c, j = np.meshgrid(np.arange(cout_g), np.arange(per_unit), indexing="ij")
+    lane_channel[((j // k) * lanes_ + c * k + j % k).ravel()] = (j * cout_g + c).ravel()
+    units = groups // per_unit
+    by_unit = w.reshape(taps, cin_g, units, per_unit * cout_g)
+    packed = np.zeros((taps, cin_g, units, blocks * width), w.dtype)
+    valid = lane_channel >= 0
+    packed[..., valid] = by_unit[..., lane_channel[valid]]
+    packed = packed.reshape(taps, cin_g, units, blocks, width).transpose(2, 3, 0, 1, 4)
+    return np.ascontiguousarray(packed), lane_channel.reshape(blocks, width)
 
 
-def _pad_bias(bias, groups, padded):
-    """(groups * Cout_g,) -> (groups, padded) with zeros: every vector the micro-kernel reads exists."""
-    out = np.zeros((groups, padded), bias.dtype)
-    out[:, :bias.size // groups] = bias.reshape(groups, -1)
-    return out
+def group_inputs(x, groups, k):
+    """x with the channels of every K groups interleaved (unit, input channel, group), so that one
+    reduction step of a unit reads its K inputs side by side."""
+    cin_g = x.shape[-1] // groups
+    if k == 1 or cin_g == 1:
+        return x
+    regrouped = x.reshape(*x.shape[:-1], groups // k, k, cin_g).swapaxes(-1, -2)
+    return np.ascontiguousarray(regrouped).reshape(x.shape)
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors, depthwise):
-    """One output row (n, od, oh) per task; per run of pixels one tap list, shared by every group
+def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_w, out, q, x_step, x_vector,
+                  vectors, spread):
+    """One output row (n, od, oh) per task; per run of pixels one tap list, shared by every unit
     and channel block (its offsets are relative to them)."""
     n_batch, n_od, n_oh, n_ow, cout = out.shape
     n_taps, cin_g, width = packed.shape[2:]
@@ -95,48 +106,45 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors,
                 end = j + 1
                 while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                     end += 1
-                used = _tap_list(taps, idx_d[od], idx_h[oh], idx_w[r + q * j], strides, cin_g, width)
+                used = _tap_list(taps, idx_d[od], idx_h[oh], idx_w[r + q * j], strides, cin_g, width,
+                                 len(spread))
                 # The run's first output pixel (flat) and its image in x: the tap offsets lead from there.
                 first = (((n * n_od + od) * n_oh + oh) * n_ow + r + q * j, n * strides[0])
-                _run_blocks(x, packed, bias, out, taps[:used], tile, first, end - j, q, x_step * strides[3],
-                            vectors, depthwise)
+                _run_units(x, packed, bias, channel_of_lane, in_order, out, taps[:used], tile, first, end - j,
+                           q, (x_step * strides[3], x_vector), vectors, spread)
                 j = end
 
 
 @njit(inline="always")
-def _run_blocks(x, packed, bias, out, taps, tile, first, count, q, x_step, vectors, depthwise):
+def _run_units(x, packed, bias, channel_of_lane, in_order, out, taps, tile, first, count, q, x_steps, vectors,
+               spread):
     """`count` output pixels, q apart from flat pixel first[0] (reading x from first[1]), for every
-    group and channel block, in micro-kernel calls of as many pixels as each holds."""
-    groups, blocks, n_taps, cin_g, width = packed.shape
+    unit and channel block, in micro-kernel calls of as many pixels as each holds."""
+    units, blocks, n_taps, cin_g, width = packed.shape
     cout = out.shape[-1]
-    cout_g = cout // groups
+    unit_channels = cout // units
     flat_x, flat_w, flat_y, flat_b = x.reshape(-1), packed.reshape(-1), out.reshape(-1), bias.reshape(-1)
-    for group in range(groups):
+    for unit in range(units):
         for block in range(blocks):
-            c_first = block * width if depthwise else group * cout_g + block * width
-            c_count = min(width, cout - c_first) if depthwise else min(width, cout_g - block * width)
-            x_base = first[1] + (c_first if depthwise else group * cin_g)
-            w_base = (group * blocks + block) * n_taps * cin_g * width
-            b_base = (group * blocks + block) * width
-            # A partial channel block goes through `tile`: a full vector store would spill into the
-            # next group's channels or past the end of `out`.
-            full = c_count == width
+            lane_channels = channel_of_lane[block]
+            # Interleaved groups and a partial last block go through `tile`.
+            direct = in_order[block]
+            c_first = unit * unit_channels
+            x_base = first[1] + unit * (x.shape[-1] // units)
+            w_base = (unit * blocks + block) * n_taps * cin_g * width
+            b_base = (unit * blocks + block) * width
             p = 0
             while p < count:
                 pixels = pixel_block(len(vectors), count - p)
-                x_at = x_base + p * x_step
                 y_at = (first[0] + q * p) * cout + c_first
-                y, y_base, y_step = (flat_y, y_at, q * cout) if full else (tile, 0, width)
-                if depthwise:
-                    fma_channels(vectors, pixels, flat_x, x_at, x_step, taps, flat_w, w_base, y, y_base, y_step,
-                                 flat_b, b_base)
-                else:
-                    fma_tile(vectors, pixels, flat_x, x_at, x_step, taps, flat_w, w_base, y, y_base, y_step,
-                             flat_b, b_base)
-                if not full:
+                y, y_base, y_step = (flat_y, y_at + lane_channels[0], q * cout) if direct else (tile, 0, width)
+                fma_tile(vectors, spread, pixels, flat_x, x_base + p * x_steps[0], x_steps, taps, flat_w, w_base,
+                         y, y_base, y_step, flat_b, b_base)
+                if not direct:
                     for i in range(pixels):
-                        at = y_at + i * q * cout
-                        flat_y[at:at + c_count] = tile[i * width:i * width + c_count]
+                        for lane in range(width):
+                            if lane_channels[lane] >= 0:
+                                flat_y[y_at + i * q * cout + lane_channels[lane]] = tile[i * width + lane]
                 p += pixels
 
 
@@ -149,10 +157,10 @@ def _same_taps(idx_w, a, b):
 
 
 @njit(inline="always")
-def _tap_list(taps, row_d, row_h, row_w, strides, cin_g, width):
+def _tap_list(taps, row_d, row_h, row_w, strides, cin_g, width, spread):
     """Fill taps[:count] with (x offset, packed-weight offset, length) of every valid tap for one
-    output pixel, merging a tap into the previous one where both offsets continue; -> count.
-    (Depthwise rows never merge: their pixels are a whole number of vectors, >= 8 channels, apart.)"""
+    output pixel, merging a tap into the previous one where both offsets continue (x advances
+    `spread` per reduction element, the packed weights `width`); -> count."""
     n_kh, n_kw = row_h.shape[0], row_w.shape[0]
     count = 0
     for kd in range(row_d.shape[0]):
@@ -164,7 +172,7 @@ def _tap_list(taps, row_d, row_h, row_w, strides, cin_g, width):
                 x_off = i_d * strides[1] + i_h * strides[2] + i_w * strides[3]
                 w_off = ((kd * n_kh + kh) * n_kw + kw) * cin_g * width
                 last = count - 1
-                if (count > 0 and taps[last, 0] + taps[last, 2] == x_off
+                if (count > 0 and taps[last, 0] + taps[last, 2] * spread == x_off
                         and taps[last, 1] + taps[last, 2] * width == w_off):
                     taps[last, 2] += cin_g
                 else:

@@ -18,7 +18,6 @@ def _always(geometry, dtype):
 # name -> (run(x, w, bias, geometry, tables, out), can it run this geometry and dtype?)
 KERNELS = {
     "blocked": (blocked.conv3d, _always),
-    "blocked_depthwise": (blocked.conv3d_depthwise, blocked.depthwise_fits),
     "depthwise": (_direct(direct.conv_depthwise), _is_depthwise),
     "grouped": (_direct(direct.conv_grouped), _always),
 }
@@ -30,9 +29,9 @@ def choose_kernel(geometry, dtype):
     forced = KERNELS.get(config.CPU_KERNEL)
     if forced and forced[1](geometry, dtype):
         return config.CPU_KERNEL
-    if _is_depthwise(geometry, dtype):
-        return "blocked_depthwise" if blocked.depthwise_fits(geometry, dtype) else "depthwise"
-    return "blocked" if geometry.out_channels // geometry.groups >= 8 else "grouped"
+    if blocked.spread_for(geometry, dtype) > 1 or geometry.out_channels // geometry.groups >= 8:
+        return "blocked"
+    return "depthwise" if _is_depthwise(geometry, dtype) else "grouped"
 
 
 def conv3d(x, w, bias, geometry, out):

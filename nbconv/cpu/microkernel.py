@@ -1,21 +1,24 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(vectors, P, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias, bias_base)`` computes
-P output pixels x V vectors of LANES output channels, held as P * V accumulators in vector registers
-across the whole reduction, and stores them plus the bias:
+``fma_tile(vectors, spread, P, x, x_base, (x_step, x_vector), taps, w, w_base, y, y_base, y_step, bias,
+bias_base)`` computes P output pixels x V vectors of LANES output channels, held as P * V accumulators
+in vector registers across the whole reduction, and stores them plus the bias:
 
     y[y_base + p * y_step + v * LANES + l] = bias[bias_base + v * LANES + l] + sum over taps t, over
-        i < taps[t, 2] of x[x_base + taps[t, 0] + p * x_step + i] * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
+        i < taps[t, 2] of x[x_base + taps[t, 0] + p * x_step + v * x_vector + i * K + l % K]
+                          * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
 
-`fma_channels` (depthwise) has the same arguments and reads x as vectors too, one input channel per
-lane: ``x[x_base + taps[t, 0] + p * x_step + i + v * LANES + l]``.
+K input values are spread over the lanes: K = 1 broadcasts one input to every output channel (dense
+and grouped convolutions; x_vector = 0, the V vectors share their inputs); K > 1 serves K groups at
+once, lane l belonging to group l % K (small groups, depthwise with K = LANES, where x is read as whole
+vectors), each vector its own K groups.
 
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
-two 512-bit FMA pipes and 32 vector registers. V is given by the type of `vectors`, a tuple of V
-zeros: each V compiles separately, with only its own bodies. P is a run-time value: the IR holds one
-unrolled body per pixel count of VARIANTS[V] behind a switch. `bias` must have V * LANES readable
-values from `bias_base`.
+two 512-bit FMA pipes and 32 vector registers. V and K are given by the types of `vectors` and
+`spread`, tuples of V and K zeros: each compiles separately, with only its own bodies. P is a run-time
+value: the IR holds one unrolled body per pixel count of VARIANTS[V] behind a switch. `bias` must have
+V * LANES readable values from `bias_base`.
 """
 import numpy as np
 from llvmlite import ir
@@ -48,24 +51,23 @@ def pixel_block(vectors, remaining):
     return 1
 
 
-def _intrinsic(elementwise):
-    def typer(typingctx, vectors, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias,
-              bias_base):
-        sig = types.void(vectors, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias,
-                         bias_base)
-        return sig, _codegen(x.dtype, vectors.count, elementwise)
-    typer.__name__ = "fma_channels" if elementwise else "fma_tile"
-    return intrinsic(typer)
+@intrinsic
+def fma_tile(typingctx, vectors, spread, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step,
+             bias, bias_base):
+    sig = types.void(vectors, spread, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias,
+                     bias_base)
+    return sig, _codegen(x.dtype, vectors.count, spread.count)
 
 
-def _codegen(dtype, n_vec, elementwise):
+def _codegen(dtype, n_vec, spread):
     def codegen(context, builder, signature, args):
         tys = signature.args
-        vectors, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias, bias_base = args
-        emit = _Emitter(context, builder, dtype, elementwise)
+        _, _, pixels, x, x_base, x_steps, taps, w, w_base, y, y_base, y_step, bias, bias_base = args
+        x_step = cgutils.unpack_tuple(builder, x_steps)
+        emit = _Emitter(context, builder, dtype, spread)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
-                for name, i in (("x", 2), ("w", 6), ("y", 8), ("bias", 11))}
-        taps_ary = context.make_array(tys[5])(context, builder, taps)
+                for name, i in (("x", 3), ("w", 7), ("y", 9), ("bias", 12))}
+        taps_ary = context.make_array(tys[6])(context, builder, taps)
         n_taps = cgutils.unpack_tuple(builder, taps_ary.shape)[0]
         done = builder.append_basic_block("fma_done")
         switch = builder.switch(pixels, done)
@@ -84,9 +86,9 @@ def _codegen(dtype, n_vec, elementwise):
 class _Emitter:
     """IR for one (V, P) body: accumulate over the taps, then add the bias and store."""
 
-    def __init__(self, context, builder, dtype, elementwise):
+    def __init__(self, context, builder, dtype, spread):
         self.builder = builder
-        self.elementwise = elementwise
+        self.spread = spread
         self.width = lanes(dtype)
         self.align = VECTOR_BYTES // self.width
         self.vec = ir.VectorType(context.get_value_type(dtype), self.width)
@@ -104,11 +106,14 @@ class _Emitter:
         address = self.builder.bitcast(self.builder.gep(ptr, [index]), self.vec.as_pointer())
         self.builder.store(value, address, align=self.align)
 
-    def broadcast(self, value):
-        b = self.builder
-        one = b.insert_element(ir.Constant(self.vec, ir.Undefined), value, self.const(0))
-        zeros = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [0] * self.width)
-        return b.shuffle_vector(one, ir.Constant(self.vec, ir.Undefined), zeros)
+    def load_spread(self, ptr, index):
+        """K values from ptr[index], repeated over the lanes (lane l gets value l % K): a broadcast
+        for K = 1, a plain vector load for K = LANES."""
+        b, k = self.builder, self.spread
+        part = ir.VectorType(self.vec.element, k)
+        values = b.load(b.bitcast(b.gep(ptr, [index]), part.as_pointer()), align=self.align)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [lane % k for lane in range(self.width)])
+        return b.shuffle_vector(values, ir.Constant(part, ir.Undefined), mask)
 
     def body(self, n_vec, n_pix, data, taps, n_taps, x_base, x_step, w_base, y_base, y_step, bias_base):
         b, c = self.builder, self.const
@@ -144,16 +149,14 @@ class _Emitter:
         b, c, width = self.builder, self.const, self.width
         w_row = b.add(w_first, b.mul(i, c(n_vec * width)))
         weights = [self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in range(n_vec)]
-        x_row = b.add(x_first, i)
+        x_row = b.add(x_first, b.mul(i, c(self.spread)))
+        pixel_step, vector_step = x_step
         for p in range(n_pix):
-            at = b.add(x_row, b.mul(x_step, c(p)))
-            if self.elementwise:
-                inputs = [self.load_vector(data["x"], b.add(at, c(v * width))) for v in range(n_vec)]
-            else:
-                inputs = [self.broadcast(b.load(b.gep(data["x"], [at])))] * n_vec
+            at = b.add(x_row, b.mul(pixel_step, c(p)))
+            shared = self.spread == 1  # one broadcast serves every vector
+            values = [self.load_spread(data["x"], at if shared else b.add(at, b.mul(vector_step, c(v))))
+                      for v in range(1 if shared else n_vec)]
             for v in range(n_vec):
-                b.store(b.call(self.fma, [inputs[v], weights[v], b.load(acc[p][v])]), acc[p][v])
+                b.store(b.call(self.fma, [values[0 if shared else v], weights[v], b.load(acc[p][v])]),
+                        acc[p][v])
 
-
-fma_tile = _intrinsic(elementwise=False)
-fma_channels = _intrinsic(elementwise=True)
