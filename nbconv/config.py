@@ -7,8 +7,8 @@ FASTMATH = {"contract"}
 # Cache compiled CPU kernels on disk (NUMBA_CACHE_DIR chooses where).
 CACHE = True
 
-# Force one kernel by name instead of the automatic choice, where that kernel applies to the call
-# (CPU: see nbconv.cpu.conv.KERNELS; CUDA: 'tiled' or 'channels'). None = automatic. The tests run
-# every kernel on every problem this way.
+# Force one kernel by name instead of the automatic choice (CPU: 'blocked' or 'grouped', see
+# nbconv.cpu.conv; CUDA: 'tiled' or 'channels'). None = automatic. The tests run every kernel on
+# every problem this way.
 CPU_KERNEL = None
 CUDA_KERNEL = None

@@ -1,10 +1,10 @@
 """Register-blocked convolution: the micro-kernel of `microkernel` over runs of output pixels.
 
-Output channels are cut into vectors of LANES. A group with at least LANES output channels gets up to
-4 vectors per micro-kernel call, each input value broadcast to all of them (K = 1). Smaller groups are
-packed K = LANES / Cout_g groups to a vector (lane l: group l % K), the K inputs of one reduction
-step read side by side; depthwise is K = LANES with plain vector loads. Such a "unit" (a group, or K
-groups) has its own input channels, packed weights and output lanes.
+Output channels are cut into vectors of LANES. A group with half a vector of output channels or more
+gets up to 4 vectors per micro-kernel call, each input value broadcast to all of them (K = 1).
+Smaller groups are packed K to a vector (K * Cout_g <= LANES, lane l: group l % K), the K inputs of
+one reduction step read side by side; depthwise with 16 channels is K = LANES, plain vector loads.
+Such a "unit" (a group, or V * K groups) has its own input channels, packed weights and output lanes.
 
 One output row (n, od, oh) per task. Along W the pixels of a row fall into `q` residue classes
 (q = lhs / gcd(stride, lhs), 1 without input dilation): inside a class, consecutive pixels read inputs
@@ -24,11 +24,11 @@ from nbconv.cpu.microkernel import MAX_PIXELS, fma_tile, lanes, pixel_block
 
 
 def spread_for(geometry, dtype):
-    """Groups per vector: K = LANES / Cout_g when that packs whole vectors, else 1."""
+    """Groups per vector K: the most groups, dividing their number, whose output channels fit in one
+    vector (1 once a group needs half a vector or more)."""
     width = lanes(dtype)
     cout_g = geometry.out_channels // geometry.groups
-    k = width // cout_g if cout_g < width and width % cout_g == 0 else 1
-    return k if geometry.groups % k == 0 else 1
+    return max(k for k in range(1, width // cout_g + 1) if geometry.groups % k == 0) if 2 * cout_g <= width else 1
 
 
 def conv3d(x, w, bias, geometry, tables, out):

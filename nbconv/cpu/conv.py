@@ -2,40 +2,23 @@
 from nbconv import config
 from nbconv.cpu import blocked, direct
 
-
-def _direct(kernel):
-    return lambda x, w, bias, geometry, tables, out: kernel(x, w, bias, *tables, out)
-
-
-def _is_depthwise(geometry, dtype):
-    return geometry.in_channels == geometry.out_channels == geometry.groups
-
-
-def _always(geometry, dtype):
-    return True
-
-
-# name -> (run(x, w, bias, geometry, tables, out), can it run this geometry and dtype?)
+# name -> run(x, w, bias, geometry, tables, out); each computes every convolution.
 KERNELS = {
-    "blocked": (blocked.conv3d, _always),
-    "depthwise": (_direct(direct.conv_depthwise), _is_depthwise),
-    "grouped": (_direct(direct.conv_grouped), _always),
+    "blocked": blocked.conv3d,
+    "grouped": lambda x, w, bias, geometry, tables, out: direct.conv_grouped(x, w, bias, *tables, out),
 }
 
 
 def choose_kernel(geometry, dtype):
-    """The forced kernel (config.CPU_KERNEL) when it can run, else the best for the shape: the
-    register-blocked micro-kernels where channels fill vectors, the plain loop nests elsewhere."""
-    forced = KERNELS.get(config.CPU_KERNEL)
-    if forced and forced[1](geometry, dtype):
+    """config.CPU_KERNEL when set, else the register-blocked micro-kernel once a vector holds 4 or
+    more output channels (of one or several groups), the plain loop nest for the few-channel rest."""
+    if config.CPU_KERNEL in KERNELS:
         return config.CPU_KERNEL
-    if blocked.spread_for(geometry, dtype) > 1 or geometry.out_channels // geometry.groups >= 8:
-        return "blocked"
-    return "depthwise" if _is_depthwise(geometry, dtype) else "grouped"
+    channels_per_vector = blocked.spread_for(geometry, dtype) * geometry.out_channels // geometry.groups
+    return "blocked" if channels_per_vector >= 4 else "grouped"
 
 
 def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
-    tables = geometry.tap_tables()
-    KERNELS[choose_kernel(geometry, x.dtype)][0](x, w, bias, geometry, tables, out)
+    KERNELS[choose_kernel(geometry, x.dtype)](x, w, bias, geometry, geometry.tap_tables(), out)

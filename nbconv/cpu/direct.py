@@ -1,4 +1,5 @@
-"""General direct convolution: any stride, padding, dilation and groups, driven by tap tables.
+"""General direct convolution: any stride, padding, dilation and groups, driven by tap tables; the
+fallback for what the register-blocked kernel does not take (a few output channels per vector).
 
 The tables (``ConvGeometry.tap_index``) map an output index and a kernel tap to the input index it
 reads, or -1 for padding and for zeros inserted by input dilation; those taps are skipped, which is
@@ -39,32 +40,6 @@ def conv_grouped(x, w, bias, idx_d, idx_h, idx_w, out):
                                 xv = xr[i_w, g * cin_g + ci]
                                 for co in range(g * cout_g, (g + 1) * cout_g):
                                     y[ow, co] += xv * wk[kw, ci, co]
-
-
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=CACHE)
-def conv_depthwise(x, w, bias, idx_d, idx_h, idx_w, out):
-    """One input and one output channel per group: channels innermost, contiguous in x, w and out."""
-    n_batch, n_od, n_oh, n_ow, cout = out.shape
-    n_kd, n_kh, n_kw = w.shape[:3]
-    for row in prange(n_batch * n_od * n_oh):
-        n, od, oh = _row_position(row, n_od, n_oh)
-        y = out[n, od, oh]
-        _fill_bias(y, bias)
-        for kd in range(n_kd):
-            i_d = idx_d[od, kd]
-            for kh in range(n_kh):
-                i_h = idx_h[oh, kh]
-                if i_d < 0 or i_h < 0:
-                    continue
-                xr = x[n, i_d, i_h]
-                wk = w[kd, kh]
-                for ow in range(n_ow):
-                    for kw in range(n_kw):
-                        i_w = idx_w[ow, kw]
-                        if i_w < 0:
-                            continue
-                        for c in range(cout):
-                            y[ow, c] += xr[i_w, c] * wk[kw, 0, c]
 
 
 @njit(inline="always")
