@@ -125,25 +125,34 @@ def weight_standardization(w, eps=1e-4, gain=None, out_axis=-1, backend="auto"):
     """brainstate's weight standardization, per output channel (axis `out_axis`) over all other axes:
     ``gain * (w - mean) / sqrt(max(var * fan_in, eps))`` with the population variance and
     ``fan_in`` the number of elements per output channel. `gain` has 1 or Cout elements (any shape).
-    Returns an array of w's shape; dtypes follow conv3d's rules."""
+    Returns an array of w's shape (a device array for a device `w`); dtypes follow conv3d's rules."""
     backend = choose_backend(backend, w, gain)
-    w, gain = _host_array(w, "w"), _host_array(gain, "gain")
+    on_device = is_device_array(w)
+    # Weights are small: both backends standardize a host copy laid out as (fan_in, Cout) columns.
+    w, gain = _on_host(w, "w"), _on_host(gain, "gain")
     axis = _standardization_axis(w, out_axis)
     if not np.isscalar(eps) or not float(eps) > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     compute, result = conv_dtypes(("w", np.dtype(w.dtype)))
     cout = w.shape[axis]
-    if gain is not None and int(np.prod(gain.shape)) not in (1, cout):
-        raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {tuple(gain.shape)}")
-    if backend == "cuda":
-        return cuda_module().weight_standardization(w, float(eps), gain, axis, compute, result)
+    if gain is not None and gain.size not in (1, cout):
+        raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {gain.shape}")
     columns = np.ascontiguousarray(np.moveaxis(w, axis, -1).reshape(-1, cout), dtype=compute)
-    gains = np.broadcast_to(np.ones(1, compute) if gain is None else np.asarray(gain, compute).reshape(-1),
-                            (cout,))
-    standardized = np.empty_like(columns)
-    cpu.standardize_columns(columns, float(eps), np.ascontiguousarray(gains), standardized)
+    gains = np.ascontiguousarray(np.broadcast_to(np.ones(1) if gain is None else gain.reshape(-1), (cout,)),
+                                 dtype=compute)
+    if backend == "cuda":
+        standardized = cuda_module().standardize_columns(columns, float(eps), gains)
+    else:
+        standardized = np.empty_like(columns)
+        cpu.standardize_columns(columns, float(eps), gains, standardized)
     moved = standardized.reshape(*(n for i, n in enumerate(w.shape) if i != axis), cout)
-    return np.ascontiguousarray(np.moveaxis(moved, -1, axis), dtype=result)
+    standardized = np.ascontiguousarray(np.moveaxis(moved, -1, axis), dtype=result)
+    return cuda_module().to_device(standardized) if on_device else standardized
+
+
+def _on_host(a, name):
+    """A NumPy copy of a device array; anything else as `_host_array` gives it."""
+    return cuda_module().to_host(a) if is_device_array(a) else _host_array(a, name)
 
 
 def _standardization_axis(w, out_axis):

@@ -57,8 +57,8 @@ def _explicit_pads(padding, sizes, kernel, stride, lhs, rhs):
         return [(0, 0)] * 3
     if isinstance(padding, str):
         pads = []
-        for n, k, s, l, r in zip(sizes, kernel, stride, lhs, rhs):
-            n_eff, k_eff = (n - 1) * l + 1, (k - 1) * r + 1
+        for n, k, s, dil_in, dil_k in zip(sizes, kernel, stride, lhs, rhs):
+            n_eff, k_eff = (n - 1) * dil_in + 1, (k - 1) * dil_k + 1
             total = max((-(-n_eff // s) - 1) * s + k_eff - n_eff, 0)
             pads.append((total // 2, total - total // 2))
         return pads
@@ -68,7 +68,7 @@ def _explicit_pads(padding, sizes, kernel, stride, lhs, rhs):
 
 
 def _dilate(a, lhs):
-    shape = [a.shape[0]] + [(n - 1) * l + 1 for n, l in zip(a.shape[1:4], lhs)] + [a.shape[4]]
+    shape = [a.shape[0]] + [(n - 1) * dil + 1 for n, dil in zip(a.shape[1:4], lhs)] + [a.shape[4]]
     out = np.zeros(shape, a.dtype)
     out[:, ::lhs[0], ::lhs[1], ::lhs[2]] = a
     return out

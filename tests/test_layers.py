@@ -84,7 +84,9 @@ def test_conv3d_mask_and_bias():
 
 
 def test_initializer_callable_and_seed_reproducible():
-    make = lambda: nbconv.Conv3d((4, 4, 4, 2), 3, 3, w_init=nbconv.init.KaimingNormal(seed=7))
+    def make():
+        return nbconv.Conv3d((4, 4, 4, 2), 3, 3, w_init=nbconv.init.KaimingNormal(seed=7))
+
     np.testing.assert_array_equal(make().weight.value["weight"], make().weight.value["weight"])
     layer = nbconv.Conv3d((4, 4, 4, 2), 3, 3, w_init=lambda shape, dtype: np.ones(shape, dtype))
     assert (layer.weight.value["weight"] == 1).all()

@@ -1,4 +1,6 @@
 """Numba CUDA backend, imported only when a call needs it (see nbconv.dispatch.cuda_module)."""
-from nbconv.cuda.launch import conv3d, weight_standardization
+from numba.cuda import to_device
 
-__all__ = ["conv3d", "weight_standardization"]
+from nbconv.cuda.launch import conv3d, standardize_columns, to_host
+
+__all__ = ["conv3d", "standardize_columns", "to_device", "to_host"]

@@ -51,32 +51,30 @@ def launch_conv(x, w, bias, tables, y, geometry):
         conv_channels[-(-threads // k.CHANNEL_BLOCK), k.CHANNEL_BLOCK](x, w, bias, *tables, y)
 
 
-def weight_standardization(w, eps, gain, axis, compute, result):
-    """Standardize on the device; NumPy in -> NumPy out, device in -> device out."""
-    on_device = is_device_array(w)
-    w_host = w.copy_to_host() if on_device else np.asarray(w)
-    cout = w_host.shape[axis]
-    columns = np.ascontiguousarray(np.moveaxis(w_host, axis, -1).reshape(-1, cout), dtype=compute)
-    gains = np.ones(cout, compute) if gain is None else np.broadcast_to(_flat(gain).astype(compute), (cout,))
-    out = cuda.device_array(columns.shape, compute)
+def standardize_columns(columns, eps, gains):
+    """Weight standardization of the (fan_in, Cout) host matrix `columns` on the device -> host."""
+    out = cuda.device_array(columns.shape, columns.dtype)
     if columns.size:
-        standardize = k.KERNELS[8 * np.dtype(compute).itemsize][2]
+        standardize = k.KERNELS[8 * columns.dtype.itemsize][2]
         # A power of 2 threads, ~8 elements each, from a warp up to WS_THREADS.
         threads = min(k.WS_THREADS, max(32, 1 << (columns.shape[0] // 8).bit_length()))
-        standardize[cout, threads](cuda.to_device(columns), eps, cuda.to_device(np.ascontiguousarray(gains)), out)
-    moved = out.copy_to_host().reshape(*(n for i, n in enumerate(w_host.shape) if i != axis), cout)
-    standardized = np.ascontiguousarray(np.moveaxis(moved, -1, axis), dtype=result)
-    return cuda.to_device(standardized) if on_device else standardized
+        standardize[columns.shape[1], threads](cuda.to_device(columns), eps, cuda.to_device(gains), out)
+    return out.copy_to_host()
+
+
+def to_host(a):
+    """A NumPy copy of any device array (Numba, CuPy, PyTorch, the simulator's)."""
+    return _as_device(a).copy_to_host()
 
 
 def _flat(a):
-    return (a.copy_to_host() if is_device_array(a) else np.asarray(a)).reshape(-1)
+    return (to_host(a) if is_device_array(a) else np.asarray(a)).reshape(-1)
 
 
 def _to_device(a, dtype):
     if is_device_array(a) and np.dtype(a.dtype) == dtype and _c_contiguous(a):
         return _as_device(a)
-    host = a.copy_to_host() if is_device_array(a) else a
+    host = to_host(a) if is_device_array(a) else a
     return cuda.to_device(np.ascontiguousarray(host, dtype=dtype))
 
 
