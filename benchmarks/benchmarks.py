@@ -9,18 +9,30 @@ import tempfile
 import numpy as np
 
 import nbconv
-from nbconv.timing import median_seconds, workload_flops
+from nbconv.timing import median_seconds
 from nbconv.workloads import load_workloads
 
 WORKLOADS = load_workloads()
 NAMES = list(WORKLOADS)
 
 
-class Conv3dCPU:
+class _Conv3d:
+    """conv3d on every workload; subclasses set up the operands and `run` one call."""
+
     params = [NAMES]
     param_names = ["workload"]
     timeout = 300
 
+    def time_conv3d(self, name):
+        self.run()
+
+    def track_gflops(self, name):
+        return self.workload.flops / median_seconds(self.run) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class Conv3dCPU(_Conv3d):
     def setup(self, name):
         self.workload = WORKLOADS[name]
         self.x, self.w = self.workload.arrays()
@@ -29,16 +41,8 @@ class Conv3dCPU:
     def run(self):
         return nbconv.conv3d(self.x, self.w, backend="cpu", **self.workload.options)
 
-    def time_conv3d(self, name):
-        self.run()
-
     def peakmem_conv3d(self, name):
         self.run()
-
-    def track_gflops(self, name):
-        return workload_flops(self.workload) / median_seconds(self.run) / 1e9
-
-    track_gflops.unit = "GFLOP/s"
 
 
 class Layers:
@@ -107,10 +111,7 @@ class FirstCall:
     track_first_call_seconds.unit = "s"
 
 
-class Conv3dCUDA:
-    params = [NAMES]
-    param_names = ["workload"]
-
+class Conv3dCUDA(_Conv3d):
     def setup(self, name):
         from numba import cuda
 
@@ -126,11 +127,3 @@ class Conv3dCUDA:
 
         nbconv.conv3d(self.x, self.w, backend="cuda", **self.workload.options)
         cuda.synchronize()
-
-    def time_conv3d(self, name):
-        self.run()
-
-    def track_gflops(self, name):
-        return workload_flops(self.workload) / median_seconds(self.run) / 1e9
-
-    track_gflops.unit = "GFLOP/s"

@@ -5,7 +5,7 @@ import sys
 import time
 
 import nbconv
-from nbconv.timing import median_seconds, workload_flops
+from nbconv.timing import median_seconds
 from nbconv.workloads import SEED_CASES, load_workloads
 
 
@@ -22,7 +22,7 @@ def run_seed_cases(names=SEED_CASES):
         first = time.perf_counter() - start
         fresh = median_seconds(lambda: nbconv.conv3d(x, w, backend="cpu", **wl.options))
         reused = median_seconds(lambda: nbconv.conv3d(x, w, backend="cpu", out=y, **wl.options))
-        flops = workload_flops(wl) / 1e9
+        flops = wl.flops / 1e9
         print(f"{name:<14}{str(x.shape):<21}{str(y.shape):<22}{first * 1e3:>9.1f}ms{fresh * 1e3:>8.2f}ms"
               f"{flops / fresh:>8.1f}{reused * 1e3:>9.2f}ms{flops / reused:>8.1f}")
     print("first call: compilation (or loading Numba's on-disk cache) and one run. median: of 5 timed\n"

@@ -11,13 +11,8 @@ import platform
 import numpy as np
 
 import nbconv
-from nbconv.geometry import conv_geometry
-from nbconv.timing import median_seconds, workload_flops
+from nbconv.timing import median_seconds
 from nbconv.workloads import load_workloads
-
-
-def geometry_of(wl, x, w):
-    return conv_geometry(x.shape, w.shape, channel_first=False, **wl.options)
 
 
 def nbconv_runner(wl, x, w):
@@ -31,7 +26,7 @@ def torch_runner(wl, x, w, threads):
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    g = geometry_of(wl, x, w)
+    g = wl.geometry
     xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)  # NDHWC memory = channels_last_3d
     if max(g.lhs_dilation) > 1:
         k_eff = [(k - 1) * r + 1 for k, r in zip(g.kernel, g.rhs_dilation)]
@@ -61,7 +56,7 @@ def jax_runner(wl, x, w):
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    g = geometry_of(wl, x, w)
+    g = wl.geometry
     conv = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
         a, b, g.stride, g.pads, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation,
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=g.groups))
@@ -103,7 +98,7 @@ def measure(wl, factories, repeats):
     """GFLOP/s of every runner on one workload. All run (and are checked) once before any is timed,
     so that no runner pays for another's first call (compilation, thread pools, first-touch pages)."""
     x, w = wl.arrays()
-    flops = workload_flops(wl)
+    flops = wl.flops
     runners = {"nbconv": nbconv_runner(wl, x, w)}
     runners.update((name, make(wl, x, w)) for name, make in factories.items())
     runners = {name: run for name, run in runners.items() if run is not None}

@@ -3,8 +3,6 @@ import time
 
 import numpy as np
 
-from nbconv.geometry import conv_geometry
-
 
 def median_seconds(fn, repeats=5, min_time=0.2):
     """Median wall time of `fn()` over `repeats` samples, each averaging enough calls to last
@@ -20,9 +18,3 @@ def median_seconds(fn, repeats=5, min_time=0.2):
             fn()
         samples.append((time.perf_counter() - start) / calls)
     return float(np.median(samples))
-
-
-def workload_flops(workload):
-    x_shape = (workload.batch, *workload.shape)
-    w_shape = (workload.kernel,) * 3 + (workload.shape[-1] // workload.groups, workload.out_channels)
-    return conv_geometry(x_shape, w_shape, channel_first=False, **workload.options).flops

@@ -5,6 +5,8 @@ from importlib import resources
 
 import numpy as np
 
+from nbconv.geometry import conv_geometry
+
 SEED_CASES = ("video_c3", "medical_s2", "grouped_g8")
 
 
@@ -27,12 +29,29 @@ class Workload:
         return dict(stride=self.stride, padding=self.padding, lhs_dilation=self.lhs_dilation,
                     rhs_dilation=self.rhs_dilation, groups=self.groups)
 
+    @property
+    def x_shape(self):
+        """Channels-last (N, D, H, W, Cin)."""
+        return (self.batch, *self.shape)
+
+    @property
+    def w_shape(self):
+        """(K, K, K, Cin // groups, Cout)."""
+        return (self.kernel,) * 3 + (self.shape[-1] // self.groups, self.out_channels)
+
+    @property
+    def geometry(self):
+        return conv_geometry(self.x_shape, self.w_shape, channel_first=False, **self.options)
+
+    @property
+    def flops(self):
+        return self.geometry.flops
+
     def arrays(self, seed=0):
-        """Random channels-last x (N, D, H, W, Cin) and w (K, K, K, Cin // groups, Cout)."""
+        """Random x and w of `x_shape` and `w_shape`."""
         rng = np.random.default_rng(seed)
-        x = rng.standard_normal((self.batch, *self.shape)).astype(self.dtype)
-        w_shape = (self.kernel,) * 3 + (self.shape[-1] // self.groups, self.out_channels)
-        return x, rng.standard_normal(w_shape).astype(self.dtype)
+        x = rng.standard_normal(self.x_shape).astype(self.dtype)
+        return x, rng.standard_normal(self.w_shape).astype(self.dtype)
 
 
 def load_workloads():
