@@ -2,8 +2,8 @@
 
 Output channels are cut into vectors of LANES. A group with half a vector of output channels or more
 gets up to 4 vectors per micro-kernel call, each input value broadcast to all of them (K = 1).
-Smaller groups are packed K to a vector (K * Cout_g <= LANES, lane l: group l % K), the K inputs of
-one reduction step read side by side; depthwise with 16 channels is K = LANES, plain vector loads.
+Smaller groups are packed K to a vector (K * Cout_g <= LANES, lane l: group l % K), the V * K inputs
+of one reduction step read side by side; depthwise with 16 channels is K = LANES, plain vector loads.
 Such a "unit" (a group, or V * K groups) has its own input channels, packed weights and output lanes.
 
 One output row (n, od, oh) per task. Along W the pixels of a row fall into `q` residue classes
@@ -21,6 +21,10 @@ from numba import njit, prange
 
 from nbconv.config import CACHE
 from nbconv.cpu.microkernel import MAX_PIXELS, fma_tile, lanes, pixel_block
+
+# Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
+# micro-kernel calls down the band then reads from L1 instead of L2 (depthwise: 2x less L2 traffic).
+BAND = 8
 
 
 def spread_for(geometry, dtype):
@@ -45,11 +49,9 @@ def conv3d(x, w, bias, geometry, tables, out):
     in_order = (channel_of_lane == channel_of_lane[:, :1] + np.arange(channel_of_lane.shape[1])).all(axis=1)
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
-    # How far apart in x the K groups of consecutive vectors start (0: the vectors share inputs).
-    x_vector = k * geometry.in_channels // groups if k > 1 else 0
     # V and K travel as the types of tuples of zeros: each combination compiles only its own code.
-    _conv_blocked(group_inputs(x, groups, k), packed, flat_bias, channel_of_lane, in_order, *tables, out, q,
-                  q * stride // lhs, x_vector, (0,) * vectors, (0,) * k)
+    _conv_blocked(group_inputs(x, groups, 1 if k == 1 else vectors * k), packed, flat_bias, channel_of_lane,
+                  in_order, *tables, out, q, q * stride // lhs, (0,) * vectors, (0,) * k)
 
 
 def pack_weights(w, groups, vectors, lanes_, k):
@@ -76,28 +78,36 @@ def pack_weights(w, groups, vectors, lanes_, k):
     return np.ascontiguousarray(packed), lane_channel.reshape(blocks, width)
 
 
-def group_inputs(x, groups, k):
-    """x with the channels of every K groups interleaved (unit, input channel, group), so that one
-    reduction step of a unit reads its K inputs side by side."""
+def group_inputs(x, groups, per_unit):
+    """x with the channels of every unit's groups interleaved (unit, input channel, group), so that
+    one reduction step of a unit reads its inputs side by side."""
     cin_g = x.shape[-1] // groups
-    if k == 1 or cin_g == 1:
+    if per_unit == 1 or cin_g == 1:
         return x
-    regrouped = x.reshape(*x.shape[:-1], groups // k, k, cin_g).swapaxes(-1, -2)
+    regrouped = x.reshape(*x.shape[:-1], groups // per_unit, per_unit, cin_g).swapaxes(-1, -2)
     return np.ascontiguousarray(regrouped).reshape(x.shape)
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_w, out, q, x_step, x_vector,
-                  vectors, spread):
-    """One output row (n, od, oh) per task; per run of pixels one tap list, shared by every unit
-    and channel block (its offsets are relative to them)."""
+def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_w, out, q, x_step, vectors,
+                  spread):
+    """BAND output rows (n, od, oh...) per task; per run of pixels one tap list per row, shared by
+    every unit and channel block (its offsets are relative to them)."""
     n_batch, n_od, n_oh, n_ow, cout = out.shape
     n_taps, cin_g, width = packed.shape[2:]
     strides = (x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4], x.shape[2] * x.shape[3] * x.shape[4],
                x.shape[3] * x.shape[4], x.shape[4])
-    for row in prange(n_batch * n_od * n_oh):
-        n, od, oh = row // (n_od * n_oh), (row // n_oh) % n_od, row % n_oh
-        taps = np.empty((n_taps, 3), np.int64)
+    # How far x advances per reduction element (the micro-kernel's S).
+    element = 1 if len(spread) == 1 else len(vectors) * len(spread)
+    # Flat views made once: array views made inside the loop cost atomic reference counts, which
+    # the two threads contend for.
+    arrays = (x.reshape(-1), packed.reshape(-1), out.reshape(-1), bias.reshape(-1))
+    bands = -(-n_oh // BAND)
+    for task in prange(n_batch * n_od * bands):
+        n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
+        rows = min(BAND, n_oh - oh)
+        taps = np.empty((BAND * n_taps, 3), np.int64)  # row i's list from i * n_taps
+        used = np.empty(BAND, np.int64)
         tile = np.empty(MAX_PIXELS * width, out.dtype)
         for r in range(q):
             count = (n_ow - r + q - 1) // q
@@ -106,45 +116,49 @@ def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_
                 end = j + 1
                 while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                     end += 1
-                used = _tap_list(taps, idx_d[od], idx_h[oh], idx_w[r + q * j], strides, cin_g, width,
-                                 len(spread))
+                for i in range(rows):
+                    used[i] = _tap_list(taps, i * n_taps, idx_d, idx_h, idx_w, (od, oh + i, r + q * j), strides,
+                                        cin_g, width, element)
                 # The run's first output pixel (flat) and its image in x: the tap offsets lead from there.
                 first = (((n * n_od + od) * n_oh + oh) * n_ow + r + q * j, n * strides[0])
-                _run_units(x, packed, bias, channel_of_lane, in_order, out, taps[:used], tile, first, end - j,
-                           q, (x_step * strides[3], x_vector), vectors, spread)
+                _run_units(arrays, packed.shape, channel_of_lane, in_order, (x.shape[-1], cout), taps, used[:rows],
+                           tile, first, end - j, (q, x_step * strides[3], n_ow), vectors, spread)
                 j = end
 
 
 @njit(inline="always")
-def _run_units(x, packed, bias, channel_of_lane, in_order, out, taps, tile, first, count, q, x_steps, vectors,
-               spread):
-    """`count` output pixels, q apart from flat pixel first[0] (reading x from first[1]), for every
-    unit and channel block, in micro-kernel calls of as many pixels as each holds."""
-    units, blocks, n_taps, cin_g, width = packed.shape
-    cout = out.shape[-1]
-    unit_channels = cout // units
-    flat_x, flat_w, flat_y, flat_b = x.reshape(-1), packed.reshape(-1), out.reshape(-1), bias.reshape(-1)
+def _run_units(arrays, packed_shape, channel_of_lane, in_order, channels, taps, used, tile, first, count, steps,
+               vectors, spread):
+    """`count` output pixels of each of len(used) rows, q apart from flat pixel first[0] (reading x
+    from first[1]), for every unit and channel block, in micro-kernel calls of as many pixels as each
+    holds; the rows of one column of pixels in turn, so that they find their shared input rows in
+    the L1 cache."""
+    x, w, y, bias = arrays
+    units, blocks, n_taps, cin_g, width = packed_shape
+    cin, cout = channels
+    q, x_step, n_ow = steps
     for unit in range(units):
         for block in range(blocks):
-            lane_channels = channel_of_lane[block]
-            # Interleaved groups and a partial last block go through `tile`.
-            direct = in_order[block]
-            c_first = unit * unit_channels
-            x_base = first[1] + unit * (x.shape[-1] // units)
+            x_base = first[1] + unit * (cin // units)
             w_base = (unit * blocks + block) * n_taps * cin_g * width
             b_base = (unit * blocks + block) * width
+            y_first = first[0] * cout + unit * (cout // units)
             p = 0
             while p < count:
                 pixels = pixel_block(len(vectors), count - p)
-                y_at = (first[0] + q * p) * cout + c_first
-                y, y_base, y_step = (flat_y, y_at + lane_channels[0], q * cout) if direct else (tile, 0, width)
-                fma_tile(vectors, spread, pixels, flat_x, x_base + p * x_steps[0], x_steps, taps, flat_w, w_base,
-                         y, y_base, y_step, flat_b, b_base)
-                if not direct:
-                    for i in range(pixels):
-                        for lane in range(width):
-                            if lane_channels[lane] >= 0:
-                                flat_y[y_at + i * q * cout + lane_channels[lane]] = tile[i * width + lane]
+                for i in range(len(used)):
+                    y_at = y_first + (i * n_ow + q * p) * cout
+                    tap_range = (i * n_taps, used[i])
+                    if in_order[block]:
+                        fma_tile(vectors, spread, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w, w_base,
+                                 y, y_at + channel_of_lane[block, 0], q * cout, bias, b_base)
+                    else:  # interleaved groups or a partial last block: through `tile`
+                        fma_tile(vectors, spread, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w, w_base,
+                                 tile, 0, width, bias, b_base)
+                        for k in range(pixels):
+                            for lane in range(width):
+                                if channel_of_lane[block, lane] >= 0:
+                                    y[y_at + k * q * cout + channel_of_lane[block, lane]] = tile[k * width + lane]
                 p += pixels
 
 
@@ -157,25 +171,26 @@ def _same_taps(idx_w, a, b):
 
 
 @njit(inline="always")
-def _tap_list(taps, row_d, row_h, row_w, strides, cin_g, width, spread):
-    """Fill taps[:count] with (x offset, packed-weight offset, length) of every valid tap for one
-    output pixel, merging a tap into the previous one where both offsets continue (x advances
-    `spread` per reduction element, the packed weights `width`); -> count."""
-    n_kh, n_kw = row_h.shape[0], row_w.shape[0]
+def _tap_list(taps, start, idx_d, idx_h, idx_w, pixel, strides, cin_g, width, element):
+    """Fill taps[start : start + count] with (x offset, packed-weight offset, length) of every valid
+    tap for the output pixel (od, oh, ow), merging a tap into the previous one where both offsets
+    continue (x advances `element` per reduction element, the packed weights `width`); -> count."""
+    od, oh, ow = pixel
+    n_kh, n_kw = idx_h.shape[1], idx_w.shape[1]
     count = 0
-    for kd in range(row_d.shape[0]):
+    for kd in range(idx_d.shape[1]):
         for kh in range(n_kh):
             for kw in range(n_kw):
-                i_d, i_h, i_w = row_d[kd], row_h[kh], row_w[kw]
+                i_d, i_h, i_w = idx_d[od, kd], idx_h[oh, kh], idx_w[ow, kw]
                 if i_d < 0 or i_h < 0 or i_w < 0:
                     continue
                 x_off = i_d * strides[1] + i_h * strides[2] + i_w * strides[3]
                 w_off = ((kd * n_kh + kh) * n_kw + kw) * cin_g * width
-                last = count - 1
-                if (count > 0 and taps[last, 0] + taps[last, 2] * spread == x_off
+                last = start + count - 1
+                if (count > 0 and taps[last, 0] + taps[last, 2] * element == x_off
                         and taps[last, 1] + taps[last, 2] * width == w_off):
                     taps[last, 2] += cin_g
                 else:
-                    taps[count, 0], taps[count, 1], taps[count, 2] = x_off, w_off, cin_g
+                    taps[last + 1, 0], taps[last + 1, 1], taps[last + 1, 2] = x_off, w_off, cin_g
                     count += 1
     return count

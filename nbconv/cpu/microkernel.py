@@ -1,18 +1,20 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(vectors, spread, P, x, x_base, (x_step, x_vector), taps, w, w_base, y, y_base, y_step, bias,
-bias_base)`` computes P output pixels x V vectors of LANES output channels, held as P * V accumulators
-in vector registers across the whole reduction, and stores them plus the bias:
+``fma_tile(vectors, spread, P, x, x_base, x_step, taps, (first, n_taps), w, w_base, y, y_base, y_step,
+bias, bias_base)`` computes P output pixels x V vectors of LANES output channels, held as P * V
+accumulators in vector registers across the whole reduction, and stores them plus the bias:
 
-    y[y_base + p * y_step + v * LANES + l] = bias[bias_base + v * LANES + l] + sum over taps t, over
-        i < taps[t, 2] of x[x_base + taps[t, 0] + p * x_step + v * x_vector + i * K + l % K]
-                          * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
+    y[y_base + p * y_step + v * LANES + l] = bias[bias_base + v * LANES + l] + sum over the taps
+        first <= t < first + n_taps, over i < taps[t, 2] of
+            x[x_base + taps[t, 0] + p * x_step + i * S + v * K + l % K]
+            * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
 
 K input values are spread over the lanes: K = 1 broadcasts one input to every output channel (dense
-and grouped convolutions; x_vector = 0, the V vectors share their inputs); K > 1 serves K groups at
-once, lane l belonging to group l % K (small groups, depthwise with K = LANES, where x is read as whole
-vectors), each vector its own K groups.
+and grouped convolutions; the V vectors share their inputs, S = 1); K > 1 serves K groups at once,
+lane l belonging to group l % K (small groups; depthwise with K = LANES, where x is read as whole
+vectors), each vector its own K groups, the V * K inputs of one reduction step side by side in x
+(S = V * K). Only x_step is a run-time stride, so a pixel needs one address register.
 
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
 two 512-bit FMA pipes and 32 vector registers. V and K are given by the types of `vectors` and
@@ -52,31 +54,30 @@ def pixel_block(vectors, remaining):
 
 
 @intrinsic
-def fma_tile(typingctx, vectors, spread, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step,
-             bias, bias_base):
-    sig = types.void(vectors, spread, pixels, x, x_base, x_step, taps, w, w_base, y, y_base, y_step, bias,
-                     bias_base)
+def fma_tile(typingctx, vectors, spread, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base,
+             y_step, bias, bias_base):
+    sig = types.void(vectors, spread, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base, y_step,
+                     bias, bias_base)
     return sig, _codegen(x.dtype, vectors.count, spread.count)
 
 
 def _codegen(dtype, n_vec, spread):
     def codegen(context, builder, signature, args):
         tys = signature.args
-        _, _, pixels, x, x_base, x_steps, taps, w, w_base, y, y_base, y_step, bias, bias_base = args
-        x_step = cgutils.unpack_tuple(builder, x_steps)
+        _, _, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base, y_step, bias, bias_base = args
+        tap_first, n_taps = cgutils.unpack_tuple(builder, tap_range)
         emit = _Emitter(context, builder, dtype, spread)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
-                for name, i in (("x", 3), ("w", 7), ("y", 9), ("bias", 12))}
+                for name, i in (("x", 3), ("w", 8), ("y", 10), ("bias", 13))}
         taps_ary = context.make_array(tys[6])(context, builder, taps)
-        n_taps = cgutils.unpack_tuple(builder, taps_ary.shape)[0]
         done = builder.append_basic_block("fma_done")
         switch = builder.switch(pixels, done)
         for n_pix in VARIANTS[n_vec]:
             block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
             switch.add_case(ir.Constant(pixels.type, n_pix), block)
             builder.position_at_end(block)
-            emit.body(n_vec, n_pix, data, taps_ary.data, n_taps, x_base, x_step, w_base, y_base, y_step,
-                      bias_base)
+            emit.body(n_vec, n_pix, data, builder.gep(taps_ary.data, [builder.mul(tap_first, emit.const(3))]),
+                      n_taps, x_base, x_step, w_base, y_base, y_step, bias_base)
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -146,17 +147,13 @@ class _Emitter:
 
     def step(self, acc, i, data, x_first, x_step, w_first, n_vec, n_pix):
         """One reduction element `i` of the current tap into the P x V accumulators `acc`."""
-        b, c, width = self.builder, self.const, self.width
+        b, c, width, k = self.builder, self.const, self.width, self.spread
         w_row = b.add(w_first, b.mul(i, c(n_vec * width)))
         weights = [self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in range(n_vec)]
-        x_row = b.add(x_first, b.mul(i, c(self.spread)))
-        pixel_step, vector_step = x_step
+        x_row = b.add(x_first, b.mul(i, c(1 if k == 1 else n_vec * k)))
         for p in range(n_pix):
-            at = b.add(x_row, b.mul(pixel_step, c(p)))
-            shared = self.spread == 1  # one broadcast serves every vector
-            values = [self.load_spread(data["x"], at if shared else b.add(at, b.mul(vector_step, c(v))))
-                      for v in range(1 if shared else n_vec)]
+            at = b.add(x_row, b.mul(x_step, c(p)))
+            # K = 1: one broadcast serves every vector; else vector v reads its own K inputs.
+            values = [self.load_spread(data["x"], b.add(at, c(v * k))) for v in range(1 if k == 1 else n_vec)]
             for v in range(n_vec):
-                b.store(b.call(self.fma, [values[0 if shared else v], weights[v], b.load(acc[p][v])]),
-                        acc[p][v])
-
+                b.store(b.call(self.fma, [values[0 if k == 1 else v], weights[v], b.load(acc[p][v])]), acc[p][v])
