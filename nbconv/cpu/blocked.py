@@ -40,18 +40,22 @@ def conv3d(x, w, bias, geometry, tables, out):
     groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
     if k == 1:
         vectors = min(4, -(-cout_g // width))
-    else:  # up to 4 vectors of K groups each, as long as they split the groups evenly
-        vectors = max(v for v in (4, 3, 2, 1) if (groups // k) % v == 0)
+    else:  # vectors of K groups each, as many as split the groups evenly: up to 4 when x is read as
+        # whole vectors (K = LANES, FMA memory operands); else each pixel and vector needs a register
+        # for its broadcast inputs, and beside 24 accumulators 4 vectors spill where 2 do not.
+        vectors = max(v for v in (4, 3, 2, 1) if (groups // k) % v == 0 and (k == width or v <= 2))
     packed, channel_of_lane = pack_weights(w, groups, vectors, width, k)
     unit_first = np.arange(packed.shape[0]) * (geometry.out_channels // packed.shape[0])
     flat_bias = np.ascontiguousarray(bias[channel_of_lane.clip(0) + unit_first[:, None, None]])
-    # Blocks whose lanes are consecutive output channels are stored straight into `out`.
+    # Blocks whose lanes are consecutive output channels are stored straight into `out`, and so are
+    # K > 1 vectors (the micro-kernel reorders them); a partial K = 1 block goes through a tile.
     in_order = (channel_of_lane == channel_of_lane[:, :1] + np.arange(channel_of_lane.shape[1])).all(axis=1)
+    in_order |= k > 1
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
-    # V and K travel as the types of tuples of zeros: each combination compiles only its own code.
+    # V, K and G travel as the types of tuples of zeros: each combination compiles only its own code.
     _conv_blocked(group_inputs(x, groups, 1 if k == 1 else vectors * k), packed, flat_bias, channel_of_lane,
-                  in_order, *tables, out, q, q * stride // lhs, (0,) * vectors, (0,) * k)
+                  in_order, *tables, out, q, q * stride // lhs, (0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1))
 
 
 def pack_weights(w, groups, vectors, lanes_, k):
@@ -90,7 +94,7 @@ def group_inputs(x, groups, per_unit):
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
 def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_w, out, q, x_step, vectors,
-                  spread):
+                  spread, group):
     """BAND output rows (n, od, oh...) per task; per run of pixels one tap list per row, shared by
     every unit and channel block (its offsets are relative to them)."""
     n_batch, n_od, n_oh, n_ow, cout = out.shape
@@ -122,13 +126,13 @@ def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_
                 # The run's first output pixel (flat) and its image in x: the tap offsets lead from there.
                 first = (((n * n_od + od) * n_oh + oh) * n_ow + r + q * j, n * strides[0])
                 _run_units(arrays, packed.shape, channel_of_lane, in_order, (x.shape[-1], cout), taps, used[:rows],
-                           tile, first, end - j, (q, x_step * strides[3], n_ow), vectors, spread)
+                           tile, first, end - j, (q, x_step * strides[3], n_ow), vectors, spread, group)
                 j = end
 
 
 @njit(inline="always")
 def _run_units(arrays, packed_shape, channel_of_lane, in_order, channels, taps, used, tile, first, count, steps,
-               vectors, spread):
+               vectors, spread, group):
     """`count` output pixels of each of len(used) rows, q apart from flat pixel first[0] (reading x
     from first[1]), for every unit and channel block, in micro-kernel calls of as many pixels as each
     holds; the rows of one column of pixels in turn, so that they find their shared input rows in
@@ -150,11 +154,11 @@ def _run_units(arrays, packed_shape, channel_of_lane, in_order, channels, taps, 
                     y_at = y_first + (i * n_ow + q * p) * cout
                     tap_range = (i * n_taps, used[i])
                     if in_order[block]:
-                        fma_tile(vectors, spread, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w, w_base,
-                                 y, y_at + channel_of_lane[block, 0], q * cout, bias, b_base)
+                        fma_tile(vectors, spread, group, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w,
+                                 w_base, y, y_at + channel_of_lane[block, 0], q * cout, bias, b_base)
                     else:  # interleaved groups or a partial last block: through `tile`
-                        fma_tile(vectors, spread, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w, w_base,
-                                 tile, 0, width, bias, b_base)
+                        fma_tile(vectors, spread, group, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w,
+                                 w_base, tile, 0, width, bias, b_base)
                         for k in range(pixels):
                             for lane in range(width):
                                 if channel_of_lane[block, lane] >= 0:

@@ -1,9 +1,10 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(vectors, spread, P, x, x_base, x_step, taps, (first, n_taps), w, w_base, y, y_base, y_step,
-bias, bias_base)`` computes P output pixels x V vectors of LANES output channels, held as P * V
-accumulators in vector registers across the whole reduction, and stores them plus the bias:
+``fma_tile(vectors, spread, group, P, x, x_base, x_step, taps, (first, n_taps), w, w_base, y, y_base,
+y_step, bias, bias_base)`` computes P output pixels x V vectors of LANES output channels, held as
+P * V accumulators in vector registers across the whole reduction, and stores them plus the bias.
+With K = 1 (the types of `spread` and `group` are tuples of K and G zeros):
 
     y[y_base + p * y_step + v * LANES + l] = bias[bias_base + v * LANES + l] + sum over the taps
         first <= t < first + n_taps, over i < taps[t, 2] of
@@ -11,10 +12,12 @@ accumulators in vector registers across the whole reduction, and stores them plu
             * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
 
 K input values are spread over the lanes: K = 1 broadcasts one input to every output channel (dense
-and grouped convolutions; the V vectors share their inputs, S = 1); K > 1 serves K groups at once,
-lane l belonging to group l % K (small groups; depthwise with K = LANES, where x is read as whole
-vectors), each vector its own K groups, the V * K inputs of one reduction step side by side in x
-(S = V * K). Only x_step is a run-time stride, so a pixel needs one address register.
+and grouped convolutions; the V vectors share their inputs, S = 1); K > 1 serves K groups of G output
+channels at once, lane l = c * K + j holding channel c of group j (small groups; depthwise with
+K = LANES, where x is read as whole vectors), each vector its own K groups, the V * K inputs of one
+reduction step side by side in x (S = V * K). Such a vector is stored group by group: lane
+c * K + j to y[... + v * K * G + j * G + c], the K * G channels in order. Only x_step is a run-time
+stride, so a pixel needs one address register.
 
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
 two 512-bit FMA pipes and 32 vector registers. V and K are given by the types of `vectors` and
@@ -54,22 +57,22 @@ def pixel_block(vectors, remaining):
 
 
 @intrinsic
-def fma_tile(typingctx, vectors, spread, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base,
-             y_step, bias, bias_base):
-    sig = types.void(vectors, spread, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base, y_step,
-                     bias, bias_base)
-    return sig, _codegen(x.dtype, vectors.count, spread.count)
+def fma_tile(typingctx, vectors, spread, group, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y,
+             y_base, y_step, bias, bias_base):
+    sig = types.void(vectors, spread, group, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base,
+                     y_step, bias, bias_base)
+    return sig, _codegen(x.dtype, vectors.count, spread.count, group.count)
 
 
-def _codegen(dtype, n_vec, spread):
+def _codegen(dtype, n_vec, spread, group):
     def codegen(context, builder, signature, args):
         tys = signature.args
-        _, _, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base, y_step, bias, bias_base = args
+        _, _, _, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base, y_step, bias, bias_base = args
         tap_first, n_taps = cgutils.unpack_tuple(builder, tap_range)
-        emit = _Emitter(context, builder, dtype, spread)
+        emit = _Emitter(context, builder, dtype, spread, group)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
-                for name, i in (("x", 3), ("w", 8), ("y", 10), ("bias", 13))}
-        taps_ary = context.make_array(tys[6])(context, builder, taps)
+                for name, i in (("x", 4), ("w", 9), ("y", 11), ("bias", 14))}
+        taps_ary = context.make_array(tys[7])(context, builder, taps)
         done = builder.append_basic_block("fma_done")
         switch = builder.switch(pixels, done)
         for n_pix in VARIANTS[n_vec]:
@@ -87,9 +90,10 @@ def _codegen(dtype, n_vec, spread):
 class _Emitter:
     """IR for one (V, P) body: accumulate over the taps, then add the bias and store."""
 
-    def __init__(self, context, builder, dtype, spread):
+    def __init__(self, context, builder, dtype, spread, group):
         self.builder = builder
         self.spread = spread
+        self.group = group
         self.width = lanes(dtype)
         self.align = VECTOR_BYTES // self.width
         self.vec = ir.VectorType(context.get_value_type(dtype), self.width)
@@ -142,8 +146,30 @@ class _Emitter:
                 total = b.load(acc[0][p][v])
                 for k in range(1, sets):
                     total = b.fadd(total, b.load(acc[k][p][v]))
-                at = b.add(b.add(y_base, b.mul(y_step, c(p))), c(v * width))
-                self.store_vector(b.fadd(total, shift), data["y"], at)
+                at = b.add(b.add(y_base, b.mul(y_step, c(p))), c(v * self.stored))
+                self.store_result(b.fadd(total, shift), data["y"], at)
+
+    @property
+    def stored(self):
+        """Output channels one vector stores: LANES, or its K groups of G."""
+        return self.width if self.spread == 1 else self.spread * self.group
+
+    def store_result(self, value, ptr, index):
+        """Store one vector's channels in order: K > 1 lanes are reordered group by group, and
+        only the first K * G stored when that is less than a vector."""
+        b, k, g, used = self.builder, self.spread, self.group, self.stored
+        if k > 1:
+            order = [(pos % g) * k + pos // g if pos < used else 0 for pos in range(self.width)]
+            value = b.shuffle_vector(value, ir.Constant(self.vec, ir.Undefined),
+                                     ir.Constant(ir.VectorType(ir.IntType(32), self.width), order))
+        if used == self.width:
+            return self.store_vector(value, ptr, index)
+        address = b.bitcast(b.gep(ptr, [index]), self.vec.as_pointer())
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), self.width), [pos < used for pos in range(self.width)])
+        store = cgutils.get_or_insert_function(b.module, ir.FunctionType(
+            ir.VoidType(), [self.vec, self.vec.as_pointer(), ir.IntType(32), mask.type]),
+            f"llvm.masked.store.v{self.width}f{8 * self.align}.p0")
+        b.call(store, [value, address, ir.Constant(ir.IntType(32), self.align), mask])
 
     def step(self, acc, i, data, x_first, x_step, w_first, n_vec, n_pix):
         """One reduction element `i` of the current tap into the P x V accumulators `acc`."""
