@@ -47,15 +47,12 @@ def conv3d(x, w, bias, geometry, tables, out):
     packed, channel_of_lane = pack_weights(w, groups, vectors, width, k)
     unit_first = np.arange(packed.shape[0]) * (geometry.out_channels // packed.shape[0])
     flat_bias = np.ascontiguousarray(bias[channel_of_lane.clip(0) + unit_first[:, None, None]])
-    # Blocks whose lanes are consecutive output channels are stored straight into `out`, and so are
-    # K > 1 vectors (the micro-kernel reorders them); a partial K = 1 block goes through a tile.
-    in_order = (channel_of_lane == channel_of_lane[:, :1] + np.arange(channel_of_lane.shape[1])).all(axis=1)
-    in_order |= k > 1
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
     # V, K and G travel as the types of tuples of zeros: each combination compiles only its own code.
-    _conv_blocked(group_inputs(x, groups, 1 if k == 1 else vectors * k), packed, flat_bias, channel_of_lane,
-                  in_order, *tables, out, q, q * stride // lhs, (0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1))
+    shape = ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1))
+    _conv_blocked(group_inputs(x, groups, 1 if k == 1 else vectors * k), packed, flat_bias, *tables, out, q,
+                  q * stride // lhs, *shape)
 
 
 def pack_weights(w, groups, vectors, lanes_, k):
@@ -93,10 +90,10 @@ def group_inputs(x, groups, per_unit):
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_w, out, q, x_step, vectors,
-                  spread, group):
-    """BAND output rows (n, od, oh...) per task; per run of pixels one tap list per row, shared by
-    every unit and channel block (its offsets are relative to them)."""
+def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors, spread, group):
+    """BAND output rows (n, od, oh...) per task, cut along W into runs of pixels with the same taps;
+    one tap list per row (or stretch of rows) and run, shared by every unit and channel block (its
+    offsets are relative to them)."""
     n_batch, n_od, n_oh, n_ow, cout = out.shape
     n_taps, cin_g, width = packed.shape[2:]
     strides = (x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4], x.shape[2] * x.shape[3] * x.shape[4],
@@ -105,14 +102,14 @@ def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_
     element = 1 if len(spread) == 1 else len(vectors) * len(spread)
     # Flat views made once: array views made inside the loop cost atomic reference counts, which
     # the two threads contend for.
-    arrays = (x.reshape(-1), packed.reshape(-1), out.reshape(-1), bias.reshape(-1))
+    arrays = (x.reshape(-1), packed.reshape(-1), bias.reshape(-1), out.reshape(-1))
     bands = -(-n_oh // BAND)
     for task in prange(n_batch * n_od * bands):
         n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
         rows = min(BAND, n_oh - oh)
-        taps = np.empty((BAND * n_taps, 3), np.int64)  # row i's list from i * n_taps
-        used = np.empty(BAND, np.int64)
-        tile = np.empty(MAX_PIXELS * width, out.dtype)
+        taps = np.empty((BAND * n_taps, 3), np.int64)
+        ranges = np.empty((max(BAND, n_ow), 2), np.int64)  # per line of pixels: (first tap, taps)
+        tap_args = (taps, ranges, idx_d, idx_h, idx_w, strides, cin_g, width, element)
         for r in range(q):
             count = (n_ow - r + q - 1) // q
             j = 0
@@ -120,56 +117,86 @@ def _conv_blocked(x, packed, bias, channel_of_lane, in_order, idx_d, idx_h, idx_
                 end = j + 1
                 while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                     end += 1
-                for i in range(rows):
-                    used[i] = _tap_list(taps, i * n_taps, idx_d, idx_h, idx_w, (od, oh + i, r + q * j), strides,
-                                        cin_g, width, element)
-                # The run's first output pixel (flat) and its image in x: the tap offsets lead from there.
-                first = (((n * n_od + od) * n_oh + oh) * n_ow + r + q * j, n * strides[0])
-                _run_units(arrays, packed.shape, channel_of_lane, in_order, (x.shape[-1], cout), taps, used[:rows],
-                           tile, first, end - j, (q, x_step * strides[3], n_ow), vectors, spread, group)
+                i = 0
+                while i < rows:
+                    lines, first, pixels, steps, i_end = _plan(tap_args, (n, od, oh, r + q * j), i, rows, end - j,
+                                                               (x_step * strides[3], q * cout), n_ow * cout)
+                    _run_units(arrays, packed.shape, (x.shape[4], cout), vectors, spread, group, taps, ranges,
+                               lines, first, pixels, steps)
+                    i = i_end
                 j = end
 
 
 @njit(inline="always")
-def _run_units(arrays, packed_shape, channel_of_lane, in_order, channels, taps, used, tile, first, count, steps,
-               vectors, spread, group):
-    """`count` output pixels of each of len(used) rows, q apart from flat pixel first[0] (reading x
-    from first[1]), for every unit and channel block, in micro-kernel calls of as many pixels as each
-    holds; the rows of one column of pixels in turn, so that they find their shared input rows in
-    the L1 cache."""
-    x, w, y, bias = arrays
+def _plan(tap_args, run, i, rows, count, w_steps, y_row):
+    """The micro-kernel lines for a run of `count` pixels along W from row `i` of the band: pixels
+    along W, one line per row with its own taps; or, for runs shorter than the band (at a padded W
+    edge), pixels along H through a stretch of rows with the same taps, one line per W pixel. W
+    pixels are w_steps = (x, y) apart, rows y_row in y. -> (lines, first, pixels per line,
+    (x_step, y_step, x_line, y_line), the row after them)."""
+    taps, ranges, idx_d, idx_h, idx_w, strides, cin_g, width, element = tap_args
+    n, od, oh, ow = run
+    n_oh, n_ow = idx_h.shape[0], idx_w.shape[0]
+    # The run's first output pixel (flat) and its image in x: the tap offsets lead from there.
+    first = ((n * idx_d.shape[0] + od) * n_oh + oh + i) * n_ow + ow, n * strides[0]
+    if count >= rows - i:
+        n_taps = taps.shape[0] // BAND
+        for line in range(rows - i):
+            ranges[line, 0] = line * n_taps
+            ranges[line, 1] = _tap_list(taps, line * n_taps, idx_d, idx_h, idx_w, (od, oh + i + line, ow), strides,
+                                        cin_g, width, element)
+        return rows - i, first, count, (w_steps[0], w_steps[1], 0, y_row), rows
+    end = i + 1
+    while end < rows and _same_taps(idx_h, oh + i, oh + end):
+        end += 1
+    ranges[:count, 0] = 0
+    ranges[:count, 1] = _tap_list(taps, 0, idx_d, idx_h, idx_w, (od, oh + i, ow), strides, cin_g, width, element)
+    h_step = _row_step(idx_h, oh + i) * strides[2]
+    return count, first, end - i, (h_step, y_row, w_steps[0], w_steps[1]), end
+
+
+@njit(inline="always")
+def _row_step(idx_h, oh):
+    """How far apart in x (in input rows) rows oh and oh + 1 read, given that they use the same taps
+    (0 when they use none)."""
+    for k in range(idx_h.shape[1]):
+        if idx_h[oh, k] >= 0 and oh + 1 < idx_h.shape[0]:
+            return idx_h[oh + 1, k] - idx_h[oh, k]
+    return 0
+
+
+@njit(inline="always")
+def _run_units(arrays, packed_shape, channels, vectors, spread, group, taps, ranges, lines, first, count, steps):
+    """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
+    pixels (x_step, y_step) apart and lines (x_line, y_line), line i reducing over the taps
+    ranges[i], for every unit and channel block, in micro-kernel calls of as many pixels as each
+    holds; the lines of one block of pixels in turn, so that they find their shared inputs in L1."""
+    x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
-    cin, cout = channels
-    q, x_step, n_ow = steps
+    x_step, y_step, x_line, y_line = steps
+    cout = channels[1]
+    unit_cin, unit_cout = channels[0] // units, cout // units
     for unit in range(units):
         for block in range(blocks):
-            x_base = first[1] + unit * (cin // units)
-            w_base = (unit * blocks + block) * n_taps * cin_g * width
-            b_base = (unit * blocks + block) * width
-            y_first = first[0] * cout + unit * (cout // units)
+            x_first = first[1] + unit * unit_cin
+            y_first = first[0] * cout + unit * unit_cout + block * width
+            channels = min(width, unit_cout - block * width)
+            w_at = ((unit * blocks + block) * n_taps * cin_g * width, (unit * blocks + block) * width)
             p = 0
             while p < count:
                 pixels = pixel_block(len(vectors), count - p)
-                for i in range(len(used)):
-                    y_at = y_first + (i * n_ow + q * p) * cout
-                    tap_range = (i * n_taps, used[i])
-                    if in_order[block]:
-                        fma_tile(vectors, spread, group, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w,
-                                 w_base, y, y_at + channel_of_lane[block, 0], q * cout, bias, b_base)
-                    else:  # interleaved groups or a partial last block: through `tile`
-                        fma_tile(vectors, spread, group, pixels, x, x_base + p * x_step, x_step, taps, tap_range, w,
-                                 w_base, tile, 0, width, bias, b_base)
-                        for k in range(pixels):
-                            for lane in range(width):
-                                if channel_of_lane[block, lane] >= 0:
-                                    y[y_at + k * q * cout + channel_of_lane[block, lane]] = tile[k * width + lane]
+                for i in range(lines):
+                    fma_tile(vectors, spread, group, pixels, x, (x_first + i * x_line + p * x_step, x_step), taps,
+                             (ranges[i, 0], ranges[i, 1]), w, w_at, bias,
+                             y, (y_first + i * y_line + p * y_step, y_step, channels))
                 p += pixels
 
 
 @njit(inline="always")
-def _same_taps(idx_w, a, b):
-    for k in range(idx_w.shape[1]):
-        if (idx_w[a, k] >= 0) != (idx_w[b, k] >= 0):
+def _same_taps(idx, a, b):
+    """Whether output positions a and b of one axis use the same kernel taps."""
+    for k in range(idx.shape[1]):
+        if (idx[a, k] >= 0) != (idx[b, k] >= 0):
             return False
     return True
 

@@ -1,23 +1,26 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(vectors, spread, group, P, x, x_base, x_step, taps, (first, n_taps), w, w_base, y, y_base,
-y_step, bias, bias_base)`` computes P output pixels x V vectors of LANES output channels, held as
-P * V accumulators in vector registers across the whole reduction, and stores them plus the bias.
-With K = 1 (the types of `spread` and `group` are tuples of K and G zeros):
+``fma_tile(vectors, spread, group, P, x, (x_base, x_step), taps, (first, n_taps), w, (w_base, bias_base),
+bias, y, (y_base, y_step, channels))`` computes P output pixels x V vectors of LANES output channels,
+held as P * V accumulators in vector registers across the whole reduction, and stores them plus the
+bias; V, K and G are given by the types of `vectors`, `spread` and `group`, tuples of as many zeros.
+Lane l of vector v computes
 
-    y[y_base + p * y_step + v * LANES + l] = bias[bias_base + v * LANES + l] + sum over the taps
-        first <= t < first + n_taps, over i < taps[t, 2] of
-            x[x_base + taps[t, 0] + p * x_step + i * S + v * K + l % K]
-            * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
+    bias[bias_base + v * LANES + l] + sum over the taps first <= t < first + n_taps, over
+        i < taps[t, 2] of x[x_base + taps[t, 0] + p * x_step + i * S + v * K + l % K]
+                          * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
 
 K input values are spread over the lanes: K = 1 broadcasts one input to every output channel (dense
 and grouped convolutions; the V vectors share their inputs, S = 1); K > 1 serves K groups of G output
 channels at once, lane l = c * K + j holding channel c of group j (small groups; depthwise with
 K = LANES, where x is read as whole vectors), each vector its own K groups, the V * K inputs of one
-reduction step side by side in x (S = V * K). Such a vector is stored group by group: lane
-c * K + j to y[... + v * K * G + j * G + c], the K * G channels in order. Only x_step is a run-time
-stride, so a pixel needs one address register.
+reduction step side by side in x (S = V * K). Only x_step is a run-time stride, so a pixel needs one
+address register.
+
+Pixel p's channels go to y[y_base + p * y_step + c] for c < channels, in order: a K = 1 vector v holds
+c = v * LANES + l; a K > 1 vector is reordered group by group (c = v * K * G + j * G + c'). Masked
+stores write no further than `channels`, so a partial block needs no scratch tile.
 
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
 two 512-bit FMA pipes and 32 vector registers. V and K are given by the types of `vectors` and
@@ -57,22 +60,22 @@ def pixel_block(vectors, remaining):
 
 
 @intrinsic
-def fma_tile(typingctx, vectors, spread, group, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y,
-             y_base, y_step, bias, bias_base):
-    sig = types.void(vectors, spread, group, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base,
-                     y_step, bias, bias_base)
+def fma_tile(typingctx, vectors, spread, group, pixels, x, x_at, taps, tap_range, w, w_at, bias, y, y_at):
+    sig = types.void(vectors, spread, group, pixels, x, x_at, taps, tap_range, w, w_at, bias, y, y_at)
     return sig, _codegen(x.dtype, vectors.count, spread.count, group.count)
 
 
 def _codegen(dtype, n_vec, spread, group):
     def codegen(context, builder, signature, args):
         tys = signature.args
-        _, _, _, pixels, x, x_base, x_step, taps, tap_range, w, w_base, y, y_base, y_step, bias, bias_base = args
-        tap_first, n_taps = cgutils.unpack_tuple(builder, tap_range)
+        _, _, _, pixels, x, x_at, taps, tap_range, w, w_at, bias, y, y_at = args
+        unpack = lambda pair: cgutils.unpack_tuple(builder, pair)  # noqa: E731
+        (x_base, x_step), (tap_first, n_taps), (w_base, bias_base) = unpack(x_at), unpack(tap_range), unpack(w_at)
+        y_base, y_step, channels = unpack(y_at)
         emit = _Emitter(context, builder, dtype, spread, group)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
-                for name, i in (("x", 4), ("w", 9), ("y", 11), ("bias", 14))}
-        taps_ary = context.make_array(tys[7])(context, builder, taps)
+                for name, i in (("x", 4), ("w", 8), ("bias", 10), ("y", 11))}
+        taps_ary = context.make_array(tys[6])(context, builder, taps)
         done = builder.append_basic_block("fma_done")
         switch = builder.switch(pixels, done)
         for n_pix in VARIANTS[n_vec]:
@@ -80,7 +83,7 @@ def _codegen(dtype, n_vec, spread, group):
             switch.add_case(ir.Constant(pixels.type, n_pix), block)
             builder.position_at_end(block)
             emit.body(n_vec, n_pix, data, builder.gep(taps_ary.data, [builder.mul(tap_first, emit.const(3))]),
-                      n_taps, x_base, x_step, w_base, y_base, y_step, bias_base)
+                      n_taps, (x_base, x_step), w_base, (y_base, y_step, channels), bias_base)
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -107,10 +110,6 @@ class _Emitter:
         address = self.builder.bitcast(self.builder.gep(ptr, [index]), self.vec.as_pointer())
         return self.builder.load(address, align=self.align)
 
-    def store_vector(self, value, ptr, index):
-        address = self.builder.bitcast(self.builder.gep(ptr, [index]), self.vec.as_pointer())
-        self.builder.store(value, address, align=self.align)
-
     def load_spread(self, ptr, index):
         """K values from ptr[index], repeated over the lanes (lane l gets value l % K): a broadcast
         for K = 1, a plain vector load for K = LANES."""
@@ -120,8 +119,9 @@ class _Emitter:
         mask = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [lane % k for lane in range(self.width)])
         return b.shuffle_vector(values, ir.Constant(part, ir.Undefined), mask)
 
-    def body(self, n_vec, n_pix, data, taps, n_taps, x_base, x_step, w_base, y_base, y_step, bias_base):
+    def body(self, n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base):
         b, c = self.builder, self.const
+        (x_base, x_step), (y_base, y_step, channels) = x_at, y_at
         # An FMA waits ~4 cycles for its accumulator and two issue per cycle, so 8 independent chains
         # keep the pipes full; small blocks (row ends) get extra accumulator sets, used in turn by
         # consecutive reduction steps and summed at the end.
@@ -139,33 +139,41 @@ class _Emitter:
                     self.step(acc[k], b.add(step, c(k)), *operands)
             with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
                 self.step(acc[0], step, *operands)
-        width = self.width
+        width, stored = self.width, self.stored
         for v in range(n_vec):
             shift = self.load_vector(data["bias"], b.add(bias_base, c(v * width)))
+            mask = self.store_mask(b.sub(channels, c(v * stored)))
             for p in range(n_pix):
                 total = b.load(acc[0][p][v])
                 for k in range(1, sets):
                     total = b.fadd(total, b.load(acc[k][p][v]))
-                at = b.add(b.add(y_base, b.mul(y_step, c(p))), c(v * self.stored))
-                self.store_result(b.fadd(total, shift), data["y"], at)
+                at = b.add(b.add(y_base, b.mul(y_step, c(p))), c(v * stored))
+                self.store_channels(b.fadd(total, shift), data["y"], at, mask)
 
     @property
     def stored(self):
-        """Output channels one vector stores: LANES, or its K groups of G."""
+        """Output channels one vector holds: LANES, or its K groups of G."""
         return self.width if self.spread == 1 else self.spread * self.group
 
-    def store_result(self, value, ptr, index):
-        """Store one vector's channels in order: K > 1 lanes are reordered group by group, and
-        only the first K * G stored when that is less than a vector."""
-        b, k, g, used = self.builder, self.spread, self.group, self.stored
+    def store_mask(self, left):
+        """Lanes to store of a vector whose channels start `left` before the end of the block."""
+        b, width = self.builder, self.width
+        limit = b.select(b.icmp_signed("<", left, self.const(self.stored)), left, self.const(self.stored))
+        lanes_ = ir.Constant(ir.VectorType(ir.IntType(64), width), list(range(width)))
+        splat = b.shuffle_vector(b.insert_element(ir.Constant(lanes_.type, ir.Undefined), limit, self.const(0)),
+                                 ir.Constant(lanes_.type, ir.Undefined),
+                                 ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+        return b.icmp_signed("<", lanes_, splat)
+
+    def store_channels(self, value, ptr, index, mask):
+        """Store one vector's channels in order (K > 1 lanes are reordered group by group), only
+        the lanes of `mask`."""
+        b, k, g = self.builder, self.spread, self.group
         if k > 1:
-            order = [(pos % g) * k + pos // g if pos < used else 0 for pos in range(self.width)]
+            order = [(pos % g) * k + pos // g if pos < k * g else 0 for pos in range(self.width)]
             value = b.shuffle_vector(value, ir.Constant(self.vec, ir.Undefined),
                                      ir.Constant(ir.VectorType(ir.IntType(32), self.width), order))
-        if used == self.width:
-            return self.store_vector(value, ptr, index)
         address = b.bitcast(b.gep(ptr, [index]), self.vec.as_pointer())
-        mask = ir.Constant(ir.VectorType(ir.IntType(1), self.width), [pos < used for pos in range(self.width)])
         store = cgutils.get_or_insert_function(b.module, ir.FunctionType(
             ir.VoidType(), [self.vec, self.vec.as_pointer(), ir.IntType(32), mask.type]),
             f"llvm.masked.store.v{self.width}f{8 * self.align}.p0")
