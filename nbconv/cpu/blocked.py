@@ -85,8 +85,21 @@ def group_inputs(x, groups, per_unit):
     cin_g = x.shape[-1] // groups
     if per_unit == 1 or cin_g == 1:
         return x
-    regrouped = x.reshape(*x.shape[:-1], groups // per_unit, per_unit, cin_g).swapaxes(-1, -2)
-    return np.ascontiguousarray(regrouped).reshape(x.shape)
+    regrouped = np.empty_like(x)
+    _interleave(x.reshape(-1, groups // per_unit, per_unit, cin_g), regrouped.reshape(-1, groups // per_unit, cin_g,
+                                                                                     per_unit))
+    return regrouped
+
+
+@njit(parallel=True, cache=CACHE)
+def _interleave(x, out):
+    """out[p, u, i, j] = x[p, u, j, i], in parallel over pixels (NumPy's strided copy is 4x slower)."""
+    pixels, units, per_unit, cin_g = x.shape
+    for p in prange(pixels):
+        for u in range(units):
+            for i in range(cin_g):
+                for j in range(per_unit):
+                    out[p, u, i, j] = x[p, u, j, i]
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
