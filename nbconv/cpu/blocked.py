@@ -72,9 +72,12 @@ def pack_weights(w, groups, vectors, lanes_, k):
     lane_channel[((j // k) * lanes_ + c * k + j % k).ravel()] = (j * cout_g + c).ravel()
     units = groups // per_unit
     by_unit = w.reshape(taps, cin_g, units, per_unit * cout_g)
-    packed = np.zeros((taps, cin_g, units, blocks * width), w.dtype)
-    valid = lane_channel >= 0
-    packed[..., valid] = by_unit[..., lane_channel[valid]]
+    if k == 1 and blocks * width == cout_g:  # lanes are the channels in order: a transpose (none if dense)
+        packed = by_unit
+    else:
+        packed = np.zeros((taps, cin_g, units, blocks * width), w.dtype)
+        valid = lane_channel >= 0
+        packed[..., valid] = by_unit[..., lane_channel[valid]]
     packed = packed.reshape(taps, cin_g, units, blocks, width).transpose(2, 3, 0, 1, 4)
     return np.ascontiguousarray(packed), lane_channel.reshape(blocks, width)
 
