@@ -194,7 +194,26 @@ def test_blocked_channel_blocks_and_pixel_remainders(cout, dtype):
 def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
     """Small groups packed K to a vector (K = 2 .. 16; K * Cout_g filling the vector or not: 24
     depthwise channels are 2 x 12 in float32, 5 groups of 3 take 15 lanes), depthwise included,
-    with interleaved inputs and lanes scattered back to their channels."""
+    with interleaved inputs and lanes reordered into channel order at the store."""
     rng = np.random.default_rng(groups * cout_g)
     _sweep_rows("blocked", rng.standard_normal((1, 2, 3, 37, groups * cin_g)).astype(dtype),
                 rng.standard_normal((2, 2, 3, cin_g, groups * cout_g)).astype(dtype), groups=groups)
+
+
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
+    ("float32", 1, 3, 5), ("float32", 1, 2, 40), ("float32", 4, 2, 4), ("float64", 16, 1, 1), ("float64", 1, 3, 9)])
+@pytest.mark.parametrize("options", [
+    {"padding": "SAME"}, {"stride": (1, 2, 1), "padding": ((0, 0), (2, 1), (1, 2))},
+    {"lhs_dilation": (1, 2, 1), "stride": (1, 2, 1), "padding": 2}, {"lhs_dilation": (1, 3, 2), "padding": 2},
+    {"rhs_dilation": (1, 2, 3), "padding": "SAME"}])
+def test_blocked_edge_columns(options, dtype, groups, cin_g, cout_g):
+    """Narrow rows at padded W edges go down H through stretches of rows with the same taps, in
+    bands of 8 rows (full, partial, split at padded H edges), through stride and input dilation in H;
+    channel blocks full and partial (masked stores)."""
+    rng = np.random.default_rng(cout_g)
+    w = rng.standard_normal((2, 3, 3, cin_g, groups * cout_g)).astype(dtype)
+    for width in (1, 3, 6):
+        x = rng.standard_normal((1, 2, 19, width, groups * cin_g)).astype(dtype)
+        with forced_kernel("blocked"):
+            got = nbconv.conv3d(x, w, groups=groups, backend=BACKEND, **options)
+        assert_conv_close(got, x, w, groups=groups, **options)

@@ -2,17 +2,20 @@
 
 Output channels are cut into vectors of LANES. A group with half a vector of output channels or more
 gets up to 4 vectors per micro-kernel call, each input value broadcast to all of them (K = 1).
-Smaller groups are packed K to a vector (K * Cout_g <= LANES, lane l: group l % K), the V * K inputs
-of one reduction step read side by side; depthwise with 16 channels is K = LANES, plain vector loads.
-Such a "unit" (a group, or V * K groups) has its own input channels, packed weights and output lanes.
+Smaller groups are packed K to a vector (K * Cout_g <= LANES, lane c * K + j: channel c of group j),
+the V * K inputs of one reduction step side by side in x (`group_inputs` interleaves them);
+depthwise with 16 channels is K = LANES, plain vector loads. Such a "unit" (a group, or V * K groups)
+has its own input channels, packed weights and output channels.
 
-One output row (n, od, oh) per task. Along W the pixels of a row fall into `q` residue classes
-(q = lhs / gcd(stride, lhs), 1 without input dilation): inside a class, consecutive pixels read inputs
-`x_step` pixels apart through the same taps, so input dilation skips its zeros for free. A class
-splits into runs of pixels with the same valid taps (the interior, and single pixels near a padded
-edge); a run gets one list of (x offset, packed-weight offset, length) taps, with consecutive taps
-merged where x and the weights both continue (a dense stride-1 row reduces KW * Cin at once, which
-is what makes Cin = 1 or 3 fast), shared by every unit and channel block.
+A task is a band of BAND output rows (n, od, oh...). Along W the pixels of a row fall into `q` residue
+classes (q = lhs / gcd(stride, lhs), 1 without input dilation): inside a class, consecutive pixels
+read inputs `x_step` pixels apart through the same taps, so input dilation skips its zeros for free.
+A class splits into runs of pixels with the same valid taps (the interior, and single pixels near a
+padded edge); a run gets one list of (x offset, packed-weight offset, length) taps per row, with
+consecutive taps merged where x and the weights both continue (a dense or depthwise stride-1 row
+reduces KW * Cin at once, which is what makes Cin = 1 or 3 fast), shared by every unit and channel
+block. Micro-kernel pixels run along W; a run shorter than the band (a padded edge) runs down H
+instead, through the rows that share its taps.
 """
 from math import gcd
 
@@ -20,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from nbconv.config import CACHE
-from nbconv.cpu.microkernel import MAX_PIXELS, fma_tile, lanes, pixel_block
+from nbconv.cpu.microkernel import fma_tile, lanes, pixel_block
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise: 2x less L2 traffic).

@@ -40,7 +40,6 @@ VECTOR_BYTES = 64
 # 32 registers; the powers of two below it cover the ends of rows and columns (28 = 12 + 12 + 4, a
 # column of 8 in one call) without falling back to one pixel at a time.
 VARIANTS = {1: (16, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)}
-MAX_PIXELS = 16
 FMA_CHAINS = 8
 # VARIANTS as a table for compiled code: row V - 1, descending, padded with 1.
 _CHOICES = np.array([counts + (1,) * (5 - len(counts)) for counts in VARIANTS.values()], np.int64)
