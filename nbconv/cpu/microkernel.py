@@ -28,6 +28,8 @@ two 512-bit FMA pipes and 32 vector registers. V and K are given by the types of
 value: the IR holds one unrolled body per pixel count of VARIANTS[V] behind a switch. `bias` must have
 V * LANES readable values from `bias_base`.
 """
+from functools import lru_cache
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -45,6 +47,7 @@ FMA_CHAINS = 8
 _CHOICES = np.array([counts + (1,) * (5 - len(counts)) for counts in VARIANTS.values()], np.int64)
 
 
+@lru_cache(maxsize=16)
 def lanes(dtype):
     """Lanes of one 512-bit vector of a NumPy or Numba float dtype."""
     return VECTOR_BYTES // np.dtype(str(dtype)).itemsize
