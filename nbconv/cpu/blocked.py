@@ -108,7 +108,7 @@ def group_inputs(x, groups, per_unit):
 
 @njit(parallel=True, cache=CACHE)
 def _interleave(x, out):
-    """out[p, u, i, j] = x[p, u, j, i], in parallel over pixels (NumPy's strided copy is 4x slower)."""
+    """out[p, u, i, j] = x[p, u, j, i], in parallel over pixels (NumPy's strided copy took 3x longer)."""
     pixels, units, per_unit, cin_g = x.shape
     for p in prange(pixels):
         for u in range(units):
@@ -194,7 +194,7 @@ def _row_step(idx_h, oh):
 
 
 @njit(inline="always")
-def _run_units(arrays, packed_shape, channels, vectors, spread, group, taps, ranges, lines, first, count, steps):
+def _run_units(arrays, packed_shape, in_out, vectors, spread, group, taps, ranges, lines, first, count, steps):
     """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
     pixels (x_step, y_step) apart and lines (x_line, y_line), line i reducing over the taps
     ranges[i], for every unit and channel block, in micro-kernel calls of as many pixels as each
@@ -202,13 +202,13 @@ def _run_units(arrays, packed_shape, channels, vectors, spread, group, taps, ran
     x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
     x_step, y_step, x_line, y_line = steps
-    cout = channels[1]
-    unit_cin, unit_cout = channels[0] // units, cout // units
+    cin, cout = in_out
+    unit_cin, unit_cout = cin // units, cout // units
     for unit in range(units):
         for block in range(blocks):
             x_first = first[1] + unit * unit_cin
             y_first = first[0] * cout + unit * unit_cout + block * width
-            channels = min(width, unit_cout - block * width)
+            stored = min(width, unit_cout - block * width)  # a partial last block stores fewer
             w_at = ((unit * blocks + block) * n_taps * cin_g * width, (unit * blocks + block) * width)
             p = 0
             while p < count:
@@ -216,7 +216,7 @@ def _run_units(arrays, packed_shape, channels, vectors, spread, group, taps, ran
                 for i in range(lines):
                     fma_tile(vectors, spread, group, pixels, x, (x_first + i * x_line + p * x_step, x_step), taps,
                              (ranges[i, 0], ranges[i, 1]), w, w_at, bias,
-                             y, (y_first + i * y_line + p * y_step, y_step, channels))
+                             y, (y_first + i * y_line + p * y_step, y_step, stored))
                 p += pixels
 
 

@@ -23,10 +23,9 @@ c = v * LANES + l; a K > 1 vector is reordered group by group (c = v * K * G + j
 stores write no further than `channels`, so a partial block needs no scratch tile.
 
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
-two 512-bit FMA pipes and 32 vector registers. V and K are given by the types of `vectors` and
-`spread`, tuples of V and K zeros: each compiles separately, with only its own bodies. P is a run-time
-value: the IR holds one unrolled body per pixel count of VARIANTS[V] behind a switch. `bias` must have
-V * LANES readable values from `bias_base`.
+two 512-bit FMA pipes and 32 vector registers. Each (V, K, G) compiles separately, with only its own
+bodies. P is a run-time value: the IR holds one unrolled body per pixel count of VARIANTS[V] behind a
+switch. `bias` must have V * LANES readable values from `bias_base`.
 """
 from functools import lru_cache
 
