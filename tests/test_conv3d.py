@@ -189,12 +189,14 @@ def test_blocked_channel_blocks_and_pixel_remainders(cout, dtype):
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
     ("float32", 2, 3, 8), ("float32", 4, 2, 4), ("float32", 8, 1, 2), ("float32", 16, 1, 1),
     ("float32", 48, 1, 1), ("float32", 32, 2, 1), ("float32", 24, 1, 1), ("float32", 5, 2, 3),
-    ("float64", 2, 3, 4), ("float64", 8, 1, 1), ("float64", 24, 1, 1), ("float64", 4, 5, 2),
-    ("float64", 6, 1, 1)])
+    ("float32", 32, 1, 1), ("float32", 64, 1, 1), ("float64", 2, 3, 4), ("float64", 8, 1, 1),
+    ("float64", 16, 1, 1), ("float64", 24, 1, 1), ("float64", 4, 5, 2), ("float64", 6, 1, 1)])
 def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
     """Small groups packed K to a vector (K = 2 .. 16; K * Cout_g filling the vector or not: 24
     depthwise channels are 2 x 12 in float32, 5 groups of 3 take 15 lanes), depthwise included,
-    with interleaved inputs and lanes reordered into channel order at the store."""
+    with interleaved inputs and lanes reordered into channel order at the store. Depthwise with
+    whole vectors (V = 1..4 of LANES channels) slides a window along stride-1 rows, and reads every
+    tap afresh where strides, dilations or row ends prevent it."""
     rng = np.random.default_rng(groups * cout_g)
     _sweep_rows("blocked", rng.standard_normal((1, 2, 3, 37, groups * cin_g)).astype(dtype),
                 rng.standard_normal((2, 2, 3, cin_g, groups * cout_g)).astype(dtype), groups=groups)

@@ -42,6 +42,8 @@ VECTOR_BYTES = 64
 # column of 8 in one call) without falling back to one pixel at a time.
 VARIANTS = {1: (16, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)}
 FMA_CHAINS = 8
+# Most pixels of a sliding-window body: their accumulators and input windows take 2 registers each.
+SLIDING_PIXELS = 12
 # VARIANTS as a table for compiled code: row V - 1, descending, padded with 1.
 _CHOICES = np.array([counts + (1,) * (5 - len(counts)) for counts in VARIANTS.values()], np.int64)
 
@@ -123,13 +125,29 @@ class _Emitter:
 
     def body(self, n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base):
         b, c = self.builder, self.const
-        (x_base, x_step), (y_base, y_step, channels) = x_at, y_at
+        x_base, x_step = x_at
         # An FMA waits ~4 cycles for its accumulator and two issue per cycle, so 8 independent chains
         # keep the pipes full; small blocks (row ends) get extra accumulator sets, used in turn by
         # consecutive reduction steps and summed at the end.
         sets = max(1, FMA_CHAINS // (n_pix * n_vec))
         acc = [[[cgutils.alloca_once_value(b, ir.Constant(self.vec, None)) for _ in range(n_vec)]
                 for _ in range(n_pix)] for _ in range(sets)]
+        if self.spread == self.width and 4 <= n_pix <= SLIDING_PIXELS:
+            # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
+            slides = b.icmp_signed("==", x_step, c(n_vec * self.spread))
+            with b.if_else(slides) as (window, plain):
+                with window:
+                    self.slide(acc[0], n_vec, n_pix, data, taps, n_taps, x_base, w_base)
+                with plain:
+                    self.accumulate(acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base)
+        else:
+            self.accumulate(acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base)
+        self.store(acc, n_vec, n_pix, data, y_at, bias_base)
+
+    def accumulate(self, acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base):
+        """acc[set][p][v] += the taps' products, reduction steps dealt to the accumulator sets in turn."""
+        b, c, sets = self.builder, self.const, len(acc)
+        x_base, x_step = x_at
         with cgutils.for_range(b, n_taps) as tap:
             row = b.mul(tap.index, c(3))
             entry = [b.load(b.gep(taps, [b.add(row, c(k))])) for k in range(3)]
@@ -141,6 +159,41 @@ class _Emitter:
                     self.step(acc[k], b.add(step, c(k)), *operands)
             with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
                 self.step(acc[0], step, *operands)
+
+    def slide(self, acc, n_vec, n_pix, data, taps, n_taps, x_base, w_base):
+        """acc[p][v] += the taps' products when pixel p + 1 reads at step i what pixel p reads at step
+        i + 1 (x_step = S, K = LANES): a window of P input vectors per vector moves one step at a time,
+        so a step loads one input instead of P (an FMA with a memory operand per pixel and step made
+        the L1 loads, not the FMAs, the limit). A few vectors at a time keep their SLIDING_PIXELS
+        accumulators and windows in registers."""
+        b, c, width, k = self.builder, self.const, self.width, self.spread
+        window = [[cgutils.alloca_once(b, self.vec) for _ in range(n_vec)] for _ in range(n_pix)]
+        together = max(1, SLIDING_PIXELS // n_pix)
+        for first_v in range(0, n_vec, together):
+            vs = range(first_v, min(n_vec, first_v + together))
+            with cgutils.for_range(b, n_taps) as tap:
+                row = b.mul(tap.index, c(3))
+                x_tap, w_tap, length = (b.load(b.gep(taps, [b.add(row, c(j))])) for j in range(3))
+                x_tap, w_tap = b.add(x_base, x_tap), b.add(w_base, w_tap)
+                for p in range(n_pix - 1):
+                    for v in vs:
+                        b.store(self.load_vector(data["x"], b.add(x_tap, c(p * n_vec * k + v * k))), window[p][v])
+                with cgutils.for_range(b, length) as step:
+                    newest = b.add(x_tap, b.mul(b.add(step.index, c(n_pix - 1)), c(n_vec * k)))
+                    w_row = b.add(w_tap, b.mul(step.index, c(n_vec * width)))
+                    for v in vs:
+                        b.store(self.load_vector(data["x"], b.add(newest, c(v * k))), window[n_pix - 1][v])
+                        weight = self.load_vector(data["w"], b.add(w_row, c(v * width)))
+                        for p in range(n_pix):
+                            b.store(b.call(self.fma, [b.load(window[p][v]), weight, b.load(acc[p][v])]), acc[p][v])
+                        for p in range(n_pix - 1):
+                            b.store(b.load(window[p + 1][v]), window[p][v])
+
+    def store(self, acc, n_vec, n_pix, data, y_at, bias_base):
+        """y = the sum of the accumulator sets + bias, through the store mask."""
+        b, c = self.builder, self.const
+        y_base, y_step, channels = y_at
+        sets = len(acc)
         width, stored = self.width, self.stored
         for v in range(n_vec):
             shift = self.load_vector(data["bias"], b.add(bias_base, c(v * width)))
