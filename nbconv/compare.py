@@ -11,7 +11,7 @@ import platform
 import numpy as np
 
 import nbconv
-from nbconv.timing import median_seconds
+from nbconv.timing import interleaved_medians, median_seconds
 from nbconv.workloads import load_workloads
 
 
@@ -95,8 +95,9 @@ def sgemm_gflops(threads):
 
 
 def measure(wl, factories, repeats):
-    """GFLOP/s of every runner on one workload. All run (and are checked) once before any is timed,
-    so that no runner pays for another's first call (compilation, thread pools, first-touch pages)."""
+    """GFLOP/s of every runner on one workload, timed in turn. All run (and are checked) once before
+    any is timed, so that no runner pays for another's first call (compilation, thread pools,
+    first-touch pages)."""
     x, w = wl.arrays()
     flops = wl.flops
     runners = {"nbconv": nbconv_runner(wl, x, w)}
@@ -108,8 +109,8 @@ def measure(wl, factories, repeats):
         if not np.allclose(np.asarray(run()), want, rtol=tol, atol=tol * np.abs(want).max()):
             raise AssertionError(f"{name} disagrees with nbconv on {wl.name}")
     row = {"workload": wl.name, "gflop": flops / 1e9}
-    for name, run in runners.items():
-        row[name] = flops / median_seconds(run, repeats) / 1e9
+    for name, seconds in interleaved_medians(runners, repeats).items():
+        row[name] = flops / seconds / 1e9
     return row
 
 

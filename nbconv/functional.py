@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nbconv import cpu
+from nbconv import buffers, cpu
 from nbconv.dispatch import choose_backend, cuda_module, is_device_array
 from nbconv.dtypes import conv_dtypes
 from nbconv.geometry import ConvGeometry, conv_geometry
@@ -104,7 +104,7 @@ def _conv3d_cpu(x, w, bias, call, out):
             else np.ascontiguousarray(bias.reshape(-1), dtype=compute))
     # Write straight into `out` when it already has the kernel's layout and dtype.
     direct = out is not None and not call.channel_first and out.dtype == compute
-    y = out.reshape(geometry.out_shape) if direct else np.empty(geometry.out_shape, compute)
+    y = out.reshape(geometry.out_shape) if direct else buffers.empty(geometry.out_shape, compute)
     cpu.conv3d(x5, w, bias, geometry, y)
     return out if direct else to_caller_layout(y, call, out)
 

@@ -7,14 +7,23 @@ import numpy as np
 def median_seconds(fn, repeats=5, min_time=0.2):
     """Median wall time of `fn()` over `repeats` samples, each averaging enough calls to last
     about `min_time` / repeats seconds."""
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    calls = max(1, int(min_time / repeats / once))
-    samples = []
-    for _ in range(repeats):
+    return interleaved_medians({"fn": fn}, repeats, min_time)["fn"]
+
+
+def interleaved_medians(runners, repeats=5, min_time=0.2):
+    """`median_seconds` of every runner in a dict, sampled in turn: round r times each runner once,
+    so that the slow spells of a shared machine (10-30% for seconds at a time here) fall on every
+    runner alike instead of on whichever ran then."""
+    calls = {}
+    for name, fn in runners.items():
         start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - start) / calls)
-    return float(np.median(samples))
+        fn()
+        calls[name] = max(1, int(min_time / repeats / max(time.perf_counter() - start, 1e-7)))
+    samples = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: float(np.median(times)) for name, times in samples.items()}

@@ -23,6 +23,7 @@ from math import gcd
 import numpy as np
 from numba import njit, prange
 
+from nbconv import buffers
 from nbconv.config import CACHE
 from nbconv.cpu.microkernel import fma_tile, lanes, pixel_block
 
@@ -100,7 +101,7 @@ def group_inputs(x, groups, per_unit):
     cin_g = x.shape[-1] // groups
     if per_unit == 1 or cin_g == 1:
         return x
-    regrouped = np.empty_like(x)
+    regrouped = buffers.empty(x.shape, x.dtype)
     _interleave(x.reshape(-1, groups // per_unit, per_unit, cin_g), regrouped.reshape(-1, groups // per_unit, cin_g,
                                                                                      per_unit))
     return regrouped

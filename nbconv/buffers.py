@@ -1,0 +1,52 @@
+"""Large result arrays whose memory is used again once the caller has dropped them.
+
+A fresh array of many megabytes costs page faults where it is first written: on these VMs about 3 us
+per 4 KiB page, or stalls of tens of milliseconds when NumPy's huge-page advice meets memory the
+kernel must first compact (video_c3's 33.5 MB result took 4 to 50 ms to fault in, against 4 ms of
+arithmetic). glibc keeps freed blocks below 32 MB for the next allocation, but hands larger ones back
+to the kernel. So results of MIN_BYTES or more are views of a few buffers kept here; a buffer is
+handed out again only when no array views it any more (every view's ``.base`` is the buffer, so its
+reference count tells). Views start on a cache line: no vector store splits across two.
+"""
+import sys
+import threading
+
+import numpy as np
+
+MIN_BYTES = 4 << 20
+KEPT = 4  # buffers kept at most, idle or not
+MAX_KEPT_BYTES = 1 << 30
+ALIGN = 64
+
+_kept = []  # least recently handed out first
+_lock = threading.Lock()
+
+
+def empty(shape, dtype):
+    """Like np.empty(shape, dtype); large arrays reuse the memory of dropped earlier results."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes < MIN_BYTES:
+        return np.empty(shape, dtype)
+    with _lock:
+        buffer = _take(nbytes + ALIGN)
+    start = -buffer.ctypes.data % ALIGN
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _take(size):
+    """An idle kept buffer of `size` bytes, else a new one, kept if there is room (an idle buffer
+    of another size makes room)."""
+    # Idle: only the list and getrefcount's argument refer to it.
+    idle = [i for i in range(len(_kept)) if sys.getrefcount(_kept[i]) == 2]
+    for i in idle:
+        if _kept[i].nbytes == size:
+            _kept.append(_kept.pop(i))
+            return _kept[-1]
+    buffer = np.empty(size, np.uint8)
+    if len(_kept) >= KEPT and idle:
+        del _kept[idle[0]]
+    if len(_kept) < KEPT and sum(b.nbytes for b in _kept) + size <= MAX_KEPT_BYTES:
+        _kept.append(buffer)
+    return buffer
+

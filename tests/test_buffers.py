@@ -1,0 +1,71 @@
+"""Recycled result buffers: memory goes to a new result only once no array views the old one."""
+import numpy as np
+import pytest
+
+import nbconv
+from nbconv import buffers
+from tests.support import assert_conv_close
+
+LARGE = (buffers.MIN_BYTES // 4 + 1000,)
+
+
+@pytest.fixture(autouse=True)
+def no_kept_buffers():
+    buffers._kept.clear()
+    yield
+    buffers._kept.clear()
+
+
+def test_small_arrays_are_plain():
+    a = buffers.empty((3, 4), np.float32)
+    assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.owndata and not buffers._kept
+
+
+def test_large_arrays_start_on_a_cache_line():
+    for dtype in (np.float32, np.float64):
+        a = buffers.empty(LARGE, dtype)
+        assert a.shape == LARGE and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % buffers.ALIGN == 0
+
+
+def test_memory_is_reused_only_when_nothing_views_it():
+    first = buffers.empty(LARGE, np.float32)
+    first[:] = 1
+    view = first[10:20]
+    address = first.ctypes.data
+    del first
+    second = buffers.empty(LARGE, np.float32)  # `view` still holds the first buffer
+    assert second.ctypes.data != address
+    assert (view == 1).all()
+    del view
+    third = buffers.empty(LARGE, np.float32)
+    assert third.ctypes.data == address
+    assert third.ctypes.data != second.ctypes.data
+
+
+def test_at_most_kept_buffers_are_kept():
+    held = [buffers.empty((LARGE[0] + i,), np.float32) for i in range(buffers.KEPT + 2)]
+    assert len(buffers._kept) == buffers.KEPT
+    assert len({a.ctypes.data for a in held}) == len(held)
+    del held
+    sizes = [buffers.empty((LARGE[0] + 100 + i,), np.float32).nbytes for i in range(3)]
+    assert len(buffers._kept) == buffers.KEPT and len(sizes) == 3  # idle buffers of other sizes made room
+
+
+def test_results_in_recycled_memory_are_right():
+    """Two results alive at once never share memory; a dropped one's memory serves the next call."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 32, 32, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4, 160)).astype(np.float32)
+    a = nbconv.conv3d(x, w)
+    assert a.nbytes >= buffers.MIN_BYTES
+    b = nbconv.conv3d(2 * x, w)
+    assert not np.shares_memory(a, b)
+    assert_conv_close(a, x, w)
+    assert_conv_close(b, 2 * x, w)
+    address = a.ctypes.data
+    del a
+    c = nbconv.conv3d(-x, w)
+    assert c.ctypes.data == address
+    assert_conv_close(c, -x, w)
+    assert_conv_close(b, 2 * x, w)
