@@ -26,8 +26,8 @@ def run_seed_cases(names=SEED_CASES):
         print(f"{name:<14}{str(x.shape):<21}{str(y.shape):<22}{first * 1e3:>9.1f}ms{fresh * 1e3:>8.2f}ms"
               f"{flops / fresh:>8.1f}{reused * 1e3:>9.2f}ms{flops / reused:>8.1f}")
     print("first call: compilation (or loading Numba's on-disk cache) and one run. median: of 5 timed\n"
-          "runs after it, each returning a new array; with out=: writing into the same array, which\n"
-          "spares the page faults of a fresh output (large outputs: see README, Performance).")
+          "runs after it, each returning a new array (from 4 MiB on in the memory of the dropped one:\n"
+          "README, Performance); with out=: writing into the same array.")
 
 
 def main(argv=None):

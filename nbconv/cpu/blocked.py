@@ -162,7 +162,7 @@ def _plan(tap_args, run, i, rows, count, w_steps, y_row):
     the rows after it with the same taps (one tap list serves them all, each row reading
     `_row_step` further in x): pixels along W, one line per row; or, for runs shorter than that
     stretch (at a padded W edge), pixels down H, one line per W pixel. W pixels are w_steps = (x, y)
-    apart, rows y_row in y. -> (taps, lines, first, pixels per line, (x_step, y_step, x_line,
+    apart, rows y_row in y. -> (taps filled, lines, first, pixels per line, (x_step, y_step, x_line,
     y_line), the row after the stretch)."""
     taps, idx_d, idx_h, idx_w, strides, cin_g, width, element = tap_args
     n, od, oh, ow = run

@@ -25,7 +25,8 @@ stores write no further than `channels`, so a partial block needs no scratch til
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
 two 512-bit FMA pipes and 32 vector registers. Each (V, K, G) compiles separately, with only its own
 bodies. P is a run-time value: the IR holds one unrolled body per pixel count of VARIANTS[V] behind a
-switch. `bias` must have V * LANES readable values from `bias_base`.
+switch; with K = LANES, bodies of 4 to SLIDING_PIXELS pixels also hold a sliding-window variant,
+taken when x_step = S (`_Emitter.slide`). `bias` must have V * LANES readable values from `bias_base`.
 """
 from functools import lru_cache
 
