@@ -211,7 +211,7 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, taps, used,
                 pixels = pixel_block(len(vectors), count - p)
                 for i in range(lines):
                     fma_tile(vectors, spread, group, pixels, x, (x_first + i * x_line + p * x_step, x_step), taps,
-                             (0, used), w, w_at, bias, y, (y_first + i * y_line + p * y_step, y_step, stored))
+                             used, w, w_at, bias, y, (y_first + i * y_line + p * y_step, y_step, stored))
                 p += pixels
 
 

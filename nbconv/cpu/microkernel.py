@@ -1,13 +1,13 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(vectors, spread, group, P, x, (x_base, x_step), taps, (first, n_taps), w, (w_base, bias_base),
-bias, y, (y_base, y_step, channels))`` computes P output pixels x V vectors of LANES output channels,
+``fma_tile(vectors, spread, group, P, x, (x_base, x_step), taps, n_taps, w, (w_base, bias_base), bias, y,
+(y_base, y_step, channels))`` computes P output pixels x V vectors of LANES output channels,
 held as P * V accumulators in vector registers across the whole reduction, and stores them plus the
 bias; V, K and G are given by the types of `vectors`, `spread` and `group`, tuples of as many zeros.
 Lane l of vector v computes
 
-    bias[bias_base + v * LANES + l] + sum over the taps first <= t < first + n_taps, over
+    bias[bias_base + v * LANES + l] + sum over the taps t < n_taps, over
         i < taps[t, 2] of x[x_base + taps[t, 0] + p * x_step + i * S + v * K + l % K]
                           * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
 
@@ -65,17 +65,17 @@ def pixel_block(vectors, remaining):
 
 
 @intrinsic
-def fma_tile(typingctx, vectors, spread, group, pixels, x, x_at, taps, tap_range, w, w_at, bias, y, y_at):
-    sig = types.void(vectors, spread, group, pixels, x, x_at, taps, tap_range, w, w_at, bias, y, y_at)
+def fma_tile(typingctx, vectors, spread, group, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    sig = types.void(vectors, spread, group, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
     return sig, _codegen(x.dtype, vectors.count, spread.count, group.count)
 
 
 def _codegen(dtype, n_vec, spread, group):
     def codegen(context, builder, signature, args):
         tys = signature.args
-        _, _, _, pixels, x, x_at, taps, tap_range, w, w_at, bias, y, y_at = args
+        _, _, _, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
         unpack = lambda pair: cgutils.unpack_tuple(builder, pair)  # noqa: E731
-        (x_base, x_step), (tap_first, n_taps), (w_base, bias_base) = unpack(x_at), unpack(tap_range), unpack(w_at)
+        (x_base, x_step), (w_base, bias_base) = unpack(x_at), unpack(w_at)
         y_base, y_step, channels = unpack(y_at)
         emit = _Emitter(context, builder, dtype, spread, group)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
@@ -87,8 +87,8 @@ def _codegen(dtype, n_vec, spread, group):
             block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
             switch.add_case(ir.Constant(pixels.type, n_pix), block)
             builder.position_at_end(block)
-            emit.body(n_vec, n_pix, data, builder.gep(taps_ary.data, [builder.mul(tap_first, emit.const(3))]),
-                      n_taps, (x_base, x_step), w_base, (y_base, y_step, channels), bias_base)
+            emit.body(n_vec, n_pix, data, taps_ary.data, n_taps, (x_base, x_step), w_base,
+                      (y_base, y_step, channels), bias_base)
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
