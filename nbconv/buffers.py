@@ -49,4 +49,3 @@ def _take(size):
     if len(_kept) < KEPT and sum(b.nbytes for b in _kept) + size <= MAX_KEPT_BYTES:
         _kept.append(buffer)
     return buffer
-

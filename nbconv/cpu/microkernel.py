@@ -150,16 +150,21 @@ class _Emitter:
         b, c, sets = self.builder, self.const, len(acc)
         x_base, x_step = x_at
         with cgutils.for_range(b, n_taps) as tap:
-            row = b.mul(tap.index, c(3))
-            entry = [b.load(b.gep(taps, [b.add(row, c(k))])) for k in range(3)]
-            operands = (data, b.add(x_base, entry[0]), x_step, b.add(w_base, entry[1]), n_vec, n_pix)
-            length = entry[2]
+            x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
+            operands = (data, x_tap, x_step, w_tap, n_vec, n_pix)
             unrolled = b.sub(length, b.srem(length, c(sets)))
             with cgutils.for_range_slice(b, c(0), unrolled, c(sets)) as (step, _):
                 for k in range(sets):
                     self.step(acc[k], b.add(step, c(k)), *operands)
             with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
                 self.step(acc[0], step, *operands)
+
+    def tap_entry(self, taps, t, x_base, w_base):
+        """Tap t's first x and packed-weight offsets (from x_base, w_base) and its length."""
+        b = self.builder
+        x_off, w_off, length = (b.load(b.gep(taps, [b.add(b.mul(t, self.const(3)), self.const(j))]))
+                                for j in range(3))
+        return b.add(x_base, x_off), b.add(w_base, w_off), length
 
     def slide(self, acc, n_vec, n_pix, data, taps, n_taps, x_base, w_base):
         """acc[p][v] += the taps' products when pixel p + 1 reads at step i what pixel p reads at step
@@ -173,9 +178,7 @@ class _Emitter:
         for first_v in range(0, n_vec, together):
             vs = range(first_v, min(n_vec, first_v + together))
             with cgutils.for_range(b, n_taps) as tap:
-                row = b.mul(tap.index, c(3))
-                x_tap, w_tap, length = (b.load(b.gep(taps, [b.add(row, c(j))])) for j in range(3))
-                x_tap, w_tap = b.add(x_base, x_tap), b.add(w_base, w_tap)
+                x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
                 for p in range(n_pix - 1):
                     for v in vs:
                         b.store(self.load_vector(data["x"], b.add(x_tap, c(p * n_vec * k + v * k))), window[p][v])
