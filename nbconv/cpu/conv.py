@@ -1,6 +1,6 @@
 """Kernel choice for a CPU convolution."""
 from nbconv import config
-from nbconv.cpu import blocked, direct
+from nbconv.cpu import blocked, direct, threads
 
 # name -> run(x, w, bias, geometry, tables, out); each computes every convolution.
 KERNELS = {
@@ -21,4 +21,5 @@ def choose_kernel(geometry, dtype):
 def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
+    threads.wake()
     KERNELS[choose_kernel(geometry, x.dtype)](x, w, bias, geometry, geometry.tap_tables(), out)
