@@ -19,6 +19,7 @@ run along W; a run shorter than its stretch (a padded W edge) runs down H instea
 """
 from functools import lru_cache
 from math import gcd
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -41,7 +42,28 @@ def spread_for(geometry, dtype):
 
 
 def conv3d(x, w, bias, geometry, tables, out):
-    width, k = lanes(x.dtype), spread_for(geometry, x.dtype)
+    blocking = _blocking(geometry, np.dtype(x.dtype))
+    lane_bias = pack_weights(bias.reshape(1, 1, 1, 1, -1), blocking)  # bias as a 1-tap kernel: packed alike
+    _conv_blocked(group_inputs(x, geometry.groups, blocking.per_unit), pack_weights(w, blocking), lane_bias,
+                  *tables, out, *blocking.steps, *blocking.shape)
+
+
+class _Blocking(NamedTuple):
+    """How one geometry's channels map to micro-kernel vectors (see `_blocking`)."""
+
+    vectors: int
+    spread: int  # K
+    per_unit: int  # groups per unit: 1, or V * K
+    units: int  # groups // per_unit
+    blocks: int  # blocks of V vectors per unit
+    steps: tuple  # (q, x_step) along W, see `_conv_blocked`
+    shape: tuple  # V, K and G as the types of tuples of zeros: each combination compiles only its code
+
+
+@lru_cache(maxsize=64)
+def _blocking(geometry, dtype):
+    """The vectors and W steps of a geometry (cached: every call of a layer asks again)."""
+    width, k = lanes(dtype), spread_for(geometry, dtype)
     groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
     if k == 1:
         vectors = min(4, -(-cout_g // width))
@@ -49,50 +71,32 @@ def conv3d(x, w, bias, geometry, tables, out):
         # whole vectors (K = LANES, FMA memory operands); else each pixel and vector needs a register
         # for its broadcast inputs, and beside 24 accumulators 4 vectors spill where 2 do not.
         vectors = max(v for v in (4, 3, 2, 1) if (groups // k) % v == 0 and (k == width or v <= 2))
-    packed, channel_of_lane = pack_weights(w, groups, vectors, width, k)
-    unit_first = np.arange(packed.shape[0]) * (geometry.out_channels // packed.shape[0])
-    flat_bias = np.ascontiguousarray(bias[channel_of_lane.clip(0) + unit_first[:, None, None]])
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
-    # V, K and G travel as the types of tuples of zeros: each combination compiles only its own code.
-    shape = ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1))
-    _conv_blocked(group_inputs(x, groups, 1 if k == 1 else vectors * k), packed, flat_bias, *tables, out, q,
-                  q * stride // lhs, *shape)
-
-
-def pack_weights(w, groups, vectors, lanes_, k):
-    """(KD, KH, KW, Cin_g, Cout) -> packed (units, blocks, taps, Cin_g, V * LANES), zero-padded, and
-    the output channel (relative to the unit's first) of every (block, lane), -1 for padding: the
-    micro-kernel reads the V vectors of one (tap, input channel) contiguously. A unit is one group
-    (K = 1, in blocks of V vectors) or V * K groups (K > 1, one block)."""
-    *kernel, cin_g, cout = w.shape
-    taps, cout_g = int(np.prod(kernel)), cout // groups
-    width = vectors * lanes_
-    blocks = -(-cout_g // width) if k == 1 else 1
     per_unit = 1 if k == 1 else vectors * k
-    lane_channel = _lane_channels(cout_g, per_unit, k, lanes_, blocks * width)
-    units = groups // per_unit
-    by_unit = w.reshape(taps, cin_g, units, per_unit * cout_g)
-    if k == 1 and blocks * width == cout_g:  # lanes are the channels in order: a transpose (none if dense)
-        packed = by_unit
+    return _Blocking(vectors, k, per_unit, groups // per_unit, -(-cout_g // (vectors * width)) if k == 1 else 1,
+                     (q, q * stride // lhs), ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1)))
+
+
+def pack_weights(w, blocking):
+    """(KD, KH, KW, Cin_g, Cout) -> (units, blocks, taps, Cin_g, V * LANES), zero-padded: the micro-kernel
+    reads the V vectors of one (tap, input channel) contiguously. A unit is one group (K = 1: channel c
+    in lane c of its blocks laid end to end) or V * K groups (K > 1, one block: channel c of the unit's
+    group j in lane c * K + j % K of vector j // K)."""
+    *kernel, cin_g, _ = w.shape
+    taps, v, k, units, blocks = int(np.prod(kernel)), blocking.vectors, blocking.spread, blocking.units, blocking.blocks
+    lanes_ = lanes(w.dtype)
+    if k > 1:  # each vector's K groups side by side, channel by channel
+        rows = w.reshape(taps, cin_g, units, v, k, -1).swapaxes(-1, -2).reshape(taps, cin_g, units, v, -1)
     else:
-        packed = np.zeros((taps, cin_g, units, blocks * width), w.dtype)
-        valid = lane_channel >= 0
-        packed[..., valid] = by_unit[..., lane_channel[valid]]
-    packed = packed.reshape(taps, cin_g, units, blocks, width).transpose(2, 3, 0, 1, 4)
-    return np.ascontiguousarray(packed), lane_channel.reshape(blocks, width)
-
-
-@lru_cache(maxsize=64)
-def _lane_channels(cout_g, per_unit, k, lanes_, total):
-    """The unit channel of each of `total` lanes, -1 for padding (read-only; cached, as every call
-    of a layer asks again): channel c of group j goes to lane (j // K) * LANES + c * K + j % K, with
-    K = 1 lane c of the blocks laid end to end."""
-    lane_channel = np.full(total, -1)
-    c, j = np.meshgrid(np.arange(cout_g), np.arange(per_unit), indexing="ij")
-    lane_channel[((j // k) * lanes_ + c * k + j % k).ravel()] = (j * cout_g + c).ravel()
-    lane_channel.flags.writeable = False
-    return lane_channel
+        rows = w.reshape(taps, cin_g, units, 1, -1)
+    fill = lanes_ if k > 1 else blocks * v * lanes_
+    if rows.shape[-1] < fill:
+        padded = np.zeros((*rows.shape[:-1], fill), w.dtype)
+        padded[..., :rows.shape[-1]] = rows
+        rows = padded
+    # A transpose of size-1 axes for a dense convolution: no copy.
+    return np.ascontiguousarray(rows.reshape(taps, cin_g, units, blocks, v * lanes_).transpose(2, 3, 0, 1, 4))
 
 
 def group_inputs(x, groups, per_unit):
