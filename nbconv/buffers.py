@@ -10,6 +10,7 @@ reference count tells). Views start on a cache line: no vector store splits acro
 """
 import sys
 import threading
+from math import prod
 
 import numpy as np
 
@@ -25,7 +26,7 @@ _lock = threading.Lock()
 def empty(shape, dtype):
     """Like np.empty(shape, dtype); large arrays reuse the memory of dropped earlier results."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
     with _lock:

@@ -5,6 +5,8 @@ Nothing here touches CUDA at import time; `nbconv.cuda` is imported only when a 
 import os
 import sys
 
+import numpy as np
+
 BACKENDS = ("auto", "cpu", "cuda")
 ENV_VAR = "NBCONV_BACKEND"
 
@@ -16,6 +18,8 @@ class BackendUnavailableError(RuntimeError):
 def is_device_array(a):
     """True for anything exposing ``__cuda_array_interface__`` (Numba device arrays, CuPy, PyTorch CUDA
     tensors), and for the CUDA simulator's device arrays, which do not expose it."""
+    if type(a) is np.ndarray:  # the common case, asked several times per call
+        return False
     if hasattr(a, "__cuda_array_interface__"):
         return True
     simulator = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")

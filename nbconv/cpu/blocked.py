@@ -18,7 +18,7 @@ which is what makes Cin = 1 or 3 fast), shared by every unit and channel block. 
 run along W; a run shorter than its stretch (a padded W edge) runs down H instead.
 """
 from functools import lru_cache
-from math import gcd
+from math import gcd, prod
 from typing import NamedTuple
 
 import numpy as np
@@ -84,7 +84,7 @@ def pack_weights(w, blocking):
     in lane c of its blocks laid end to end) or V * K groups (K > 1, one block: channel c of the unit's
     group j in lane c * K + j % K of vector j // K)."""
     *kernel, cin_g, _ = w.shape
-    taps, v, k, units, blocks = int(np.prod(kernel)), blocking.vectors, blocking.spread, blocking.units, blocking.blocks
+    taps, v, k, units, blocks = prod(kernel), blocking.vectors, blocking.spread, blocking.units, blocking.blocks
     lanes_ = lanes(w.dtype)
     if k > 1:  # each vector's K groups side by side, channel by channel
         rows = w.reshape(taps, cin_g, units, v, k, -1).swapaxes(-1, -2).reshape(taps, cin_g, units, v, -1)
