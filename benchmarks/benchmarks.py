@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -43,6 +44,33 @@ class Conv3dCPU(_Conv3d):
 
     def peakmem_conv3d(self, name):
         self.run()
+
+
+class AfterIdle:
+    """One conv3d into a preallocated `out` after 20 ms without work (a loop doing other things
+    between layers): the worker threads have gone to sleep. Before nbconv/cpu/threads.py, medical_s2
+    took 4-7 ms so, 0.23 ms back to back."""
+
+    params = [["medical_s2", "depthwise_c64"]]
+    param_names = ["workload"]
+    timeout = 300
+
+    def setup(self, name):
+        wl = WORKLOADS[name]
+        x, w = wl.arrays()
+        out = nbconv.conv3d(x, w, backend="cpu", **wl.options)
+        self.run = lambda: nbconv.conv3d(x, w, backend="cpu", out=out, **wl.options)
+
+    def track_ms_after_idle(self, name):
+        times = []
+        for _ in range(15):
+            time.sleep(0.02)
+            start = time.perf_counter()
+            self.run()
+            times.append(time.perf_counter() - start)
+        return 1e3 * float(np.median(times))
+
+    track_ms_after_idle.unit = "ms"
 
 
 class Layers:

@@ -2,10 +2,10 @@
 
 Idle worker threads sleep. When the first parallel region after an idle spell is a long kernel, the
 scheduler may queue the woken worker on the main thread's CPU, where it waits until the main thread
-has run its whole share of the kernel: after 20 ms of idle, medical_s2 (0.23 ms when called back to
-back) took 4-6 ms on the 2-vCPU machines this was built on. A trivial parallel region first lets the
-worker be moved to a CPU of its own while the main thread waits for it at the region's end; with it the
-same call takes 0.9 ms (PyTorch: 1.0 ms, whose convolution also starts with short parallel regions).
+has run its whole share of the kernel: after 20 ms of idle, medical_s2 into a preallocated `out`
+(0.23 ms when called back to back) took 4-7 ms on the 2-vCPU machines this was built on. A trivial
+parallel region first lets the worker move to a CPU of its own while the main thread waits for it at
+the region's end: 0.9-1.0 ms (PyTorch: 1.0 ms). asv tracks it (benchmarks: AfterIdle).
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
