@@ -4,6 +4,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import nbconv
+from nbconv.cpu import blocked
+from nbconv.geometry import conv_geometry
 from tests.support import BACKEND, KERNELS, SIMULATED, assert_conv_close, forced_kernel
 
 MAX_SIZE = 3 if SIMULATED else 7
@@ -190,20 +192,36 @@ def test_blocked_channel_blocks_and_pixel_remainders(cout, dtype):
     ("float32", 2, 3, 8), ("float32", 4, 2, 4), ("float32", 8, 1, 2), ("float32", 16, 1, 1),
     ("float32", 48, 1, 1), ("float32", 32, 2, 1), ("float32", 24, 1, 1), ("float32", 5, 2, 3),
     ("float32", 32, 1, 1), ("float32", 64, 1, 1), ("float64", 2, 3, 4), ("float64", 8, 1, 1),
-    ("float64", 16, 1, 1), ("float64", 24, 1, 1), ("float64", 4, 5, 2), ("float64", 6, 1, 1)])
+    ("float64", 16, 1, 1), ("float64", 24, 1, 1), ("float64", 4, 5, 2), ("float64", 6, 1, 1),
+    ("float32", 8, 8, 8), ("float32", 4, 4, 4), ("float32", 2, 6, 2), ("float32", 6, 4, 8), ("float64", 4, 4, 4),
+    ("float64", 2, 6, 2)])
 def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
     """Small groups packed K to a vector (K = 2 .. 16; K * Cout_g filling the vector or not: 24
     depthwise channels are 2 x 12 in float32, 5 groups of 3 take 15 lanes), depthwise included,
-    with interleaved inputs and lanes reordered into channel order at the store. Depthwise with
-    whole vectors (V = 1..4 of LANES channels) slides a window along stride-1 rows, and reads every
-    tap afresh where strides, dilations or row ends prevent it."""
+    with interleaved inputs and lanes reordered into channel order at the store; or, where K (a power
+    of two) divides Cin_g, one group per vector with K input phases added up at the store (the last
+    six cases: K = 2 and 4, 3 units, 4 of 16 lanes). Depthwise with whole vectors (V = 1..4 of LANES
+    channels) slides a window along stride-1 rows, and reads every tap afresh where strides,
+    dilations or row ends prevent it."""
     rng = np.random.default_rng(groups * cout_g)
     _sweep_rows("blocked", rng.standard_normal((1, 2, 3, 37, groups * cin_g)).astype(dtype),
                 rng.standard_normal((2, 2, 3, cin_g, groups * cout_g)).astype(dtype), groups=groups)
 
 
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g, phases", [
+    ("float32", 8, 8, 8, 2), ("float32", 4, 4, 4, 4), ("float64", 2, 6, 2, 2), ("float32", 4, 2, 4, 1),
+    ("float32", 64, 1, 1, 1), ("float32", 32, 2, 1, 1), ("float32", 3, 3, 4, 1), ("float32", 1, 8, 32, 1)])
+def test_blocked_input_phases_where_k_divides_the_group_inputs(dtype, groups, cin_g, cout_g, phases):
+    """The blocked kernel's choice: K input phases of one group per vector when K (a power of two,
+    below a whole vector) divides Cin_g, else K groups (or K = 1)."""
+    geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), (3, 3, 3, cin_g, groups * cout_g), stride=1,
+                             padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=groups, channel_first=False)
+    assert blocked._blocking(geometry, np.dtype(dtype)).phases == phases
+
+
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
-    ("float32", 1, 3, 5), ("float32", 1, 2, 40), ("float32", 4, 2, 4), ("float64", 16, 1, 1), ("float64", 1, 3, 9)])
+    ("float32", 1, 3, 5), ("float32", 1, 2, 40), ("float32", 4, 2, 4), ("float32", 4, 4, 4), ("float64", 16, 1, 1),
+    ("float64", 1, 3, 9)])
 @pytest.mark.parametrize("options", [
     {"padding": "SAME"}, {"stride": (1, 2, 1), "padding": ((0, 0), (2, 1), (1, 2))},
     {"lhs_dilation": (1, 2, 1), "stride": (1, 2, 1), "padding": 2}, {"lhs_dilation": (1, 3, 2), "padding": 2},
@@ -211,7 +229,7 @@ def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
 def test_blocked_edge_columns(options, dtype, groups, cin_g, cout_g):
     """Narrow rows at padded W edges go down H through stretches of rows with the same taps, in
     bands of 8 rows (full, partial, split at padded H edges), through stride and input dilation in H;
-    channel blocks full and partial (masked stores)."""
+    channel blocks full and partial (masked stores); groups packed K to a vector and input phases."""
     rng = np.random.default_rng(cout_g)
     w = rng.standard_normal((2, 3, 3, cin_g, groups * cout_g)).astype(dtype)
     for width in (1, 3, 6):

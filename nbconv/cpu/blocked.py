@@ -4,8 +4,11 @@ Output channels are cut into vectors of LANES. A group with half a vector of out
 gets up to 4 vectors per micro-kernel call, each input value broadcast to all of them (K = 1).
 Smaller groups are packed K to a vector (K * Cout_g <= LANES, lane c * K + j: channel c of group j),
 the V * K inputs of one reduction step side by side in x (`group_inputs` interleaves them);
-depthwise with 16 channels is K = LANES, plain vector loads. Such a "unit" (a group, or V * K groups)
-has its own input channels, packed weights and output channels.
+depthwise with 16 channels is K = LANES, plain vector loads. Where K (a power of two) divides the
+group's input channels, a vector is one group instead, lane c * K + j summing channel c over inputs
+j, j + K... (input phases, added up at the store): as many lanes busy, and x read as it is. Such a
+"unit" (a group, V * K groups, or V groups with phases) has its own input channels, packed weights
+and output channels.
 
 A task is a band of BAND output rows (n, od, oh...). Along W the pixels of a row fall into `q` residue
 classes (q = lhs / gcd(stride, lhs), 1 without input dilation): inside a class, consecutive pixels
@@ -43,9 +46,12 @@ def spread_for(geometry, dtype):
 
 def conv3d(x, w, bias, geometry, tables, out):
     blocking = _blocking(geometry, np.dtype(x.dtype))
-    lane_bias = pack_weights(bias.reshape(1, 1, 1, 1, -1), blocking)  # bias as a 1-tap kernel: packed alike
-    _conv_blocked(group_inputs(x, geometry.groups, blocking.per_unit), pack_weights(w, blocking), lane_bias,
-                  *tables, out, *blocking.steps, *blocking.shape)
+    # The bias as a 1-tap kernel, packed alike (with input phases: in phase 0, zeros in the others).
+    bias_taps = np.zeros((1, 1, 1, blocking.phases, bias.size), bias.dtype)
+    bias_taps[..., 0, :] = bias
+    inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
+    _conv_blocked(inputs, pack_weights(w, blocking), pack_weights(bias_taps, blocking), *tables, out,
+                  *blocking.steps, *blocking.shape)
 
 
 class _Blocking(NamedTuple):
@@ -53,11 +59,14 @@ class _Blocking(NamedTuple):
 
     vectors: int
     spread: int  # K
-    per_unit: int  # groups per unit: 1, or V * K
+    phases: int  # K when the K lanes of a channel are input phases, else 1
+    per_unit: int  # groups per unit: 1, V * K, or V with phases
     units: int  # groups // per_unit
     blocks: int  # blocks of V vectors per unit
     steps: tuple  # (q, x_step) along W, see `_conv_blocked`
-    shape: tuple  # V, K and G as the types of tuples of zeros: each combination compiles only its code
+    # V, K, G and D (Cin_g with input phases, else 1) as the types of tuples of zeros: each combination
+    # compiles only its own code.
+    shape: tuple
 
 
 @lru_cache(maxsize=64)
@@ -65,28 +74,38 @@ def _blocking(geometry, dtype):
     """The vectors and W steps of a geometry (cached: every call of a layer asks again)."""
     width, k = lanes(dtype), spread_for(geometry, dtype)
     groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
+    # K lanes per channel as input phases of one group fill as many lanes as K groups, and leave x
+    # as it is (grouped_g8: the interleave took 8% of the call): when K divides the group's inputs.
+    cin_g = geometry.in_channels // groups
+    phases = k if k < width and k & (k - 1) == 0 and cin_g % k == 0 else 1
     if k == 1:
         vectors = min(4, -(-cout_g // width))
-    else:  # vectors of K groups each, as many as split the groups evenly: up to 4 when x is read as
-        # whole vectors (K = LANES, FMA memory operands); else each pixel and vector needs a register
-        # for its broadcast inputs, and beside 24 accumulators 4 vectors spill where 2 do not.
-        vectors = max(v for v in (4, 3, 2, 1) if (groups // k) % v == 0 and (k == width or v <= 2))
+    else:  # vectors of K groups (or one group) each, as many as split the groups evenly: up to 4 when
+        # x is read as whole vectors (K = LANES, FMA memory operands); else each pixel and vector needs
+        # a register for its broadcast inputs, and beside 24 accumulators 4 vectors spill where 2 do not.
+        per_vector = 1 if phases > 1 else k
+        vectors = max(v for v in (4, 3, 2, 1) if (groups // per_vector) % v == 0 and (k == width or v <= 2))
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
-    per_unit = 1 if k == 1 else vectors * k
-    return _Blocking(vectors, k, per_unit, groups // per_unit, -(-cout_g // (vectors * width)) if k == 1 else 1,
-                     (q, q * stride // lhs), ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1)))
+    per_unit = 1 if k == 1 else vectors if phases > 1 else vectors * k
+    return _Blocking(vectors, k, phases, per_unit, groups // per_unit,
+                     -(-cout_g // (vectors * width)) if k == 1 else 1, (q, q * stride // lhs),
+                     ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1), (0,) * (cin_g if phases > 1 else 1)))
 
 
 def pack_weights(w, blocking):
-    """(KD, KH, KW, Cin_g, Cout) -> (units, blocks, taps, Cin_g, V * LANES), zero-padded: the micro-kernel
-    reads the V vectors of one (tap, input channel) contiguously. A unit is one group (K = 1: channel c
-    in lane c of its blocks laid end to end) or V * K groups (K > 1, one block: channel c of the unit's
-    group j in lane c * K + j % K of vector j // K)."""
+    """(KD, KH, KW, Cin_g, Cout) -> (units, blocks, taps, steps, V * LANES), zero-padded: the micro-kernel
+    reads the V vectors of one (tap, reduction step) contiguously. A unit is one group (K = 1: channel c
+    in lane c of its blocks laid end to end; a step is an input channel), V * K groups (K > 1, one
+    block: channel c of the unit's group j in lane c * K + j % K of vector j // K) or V groups (K input
+    phases: channel c of group v, input channel s * K + j, in lane c * K + j of vector v at step s)."""
     *kernel, cin_g, _ = w.shape
     taps, v, k, units, blocks = prod(kernel), blocking.vectors, blocking.spread, blocking.units, blocking.blocks
     lanes_ = lanes(w.dtype)
-    if k > 1:  # each vector's K groups side by side, channel by channel
+    steps = cin_g // blocking.phases
+    if blocking.phases > 1:  # each vector's channels side by side, phase by phase
+        rows = w.reshape(taps, steps, k, units, v, -1).transpose(0, 1, 3, 4, 5, 2).reshape(taps, steps, units, v, -1)
+    elif k > 1:  # each vector's K groups side by side, channel by channel
         rows = w.reshape(taps, cin_g, units, v, k, -1).swapaxes(-1, -2).reshape(taps, cin_g, units, v, -1)
     else:
         rows = w.reshape(taps, cin_g, units, 1, -1)
@@ -96,7 +115,7 @@ def pack_weights(w, blocking):
         padded[..., :rows.shape[-1]] = rows
         rows = padded
     # A transpose of size-1 axes for a dense convolution: no copy.
-    return np.ascontiguousarray(rows.reshape(taps, cin_g, units, blocks, v * lanes_).transpose(2, 3, 0, 1, 4))
+    return np.ascontiguousarray(rows.reshape(taps, steps, units, blocks, v * lanes_).transpose(2, 3, 0, 1, 4))
 
 
 def group_inputs(x, groups, per_unit):
@@ -124,7 +143,7 @@ def _interleave(x, out):
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors, spread, group):
+def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors, spread, group, phased):
     """BAND output rows (n, od, oh...) per task, cut along W into runs of pixels with the same taps;
     one tap list per stretch of rows and run, shared by every unit and channel block (its
     offsets are relative to them)."""
@@ -133,7 +152,7 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors,
     strides = (x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4], x.shape[2] * x.shape[3] * x.shape[4],
                x.shape[3] * x.shape[4], x.shape[4])
     # How far x advances per reduction element (the micro-kernel's S).
-    element = 1 if len(spread) == 1 else len(vectors) * len(spread)
+    element = 1 if len(spread) == 1 else len(spread) if len(phased) > 1 else len(vectors) * len(spread)
     # Flat views made once: array views made inside the loop cost atomic reference counts, which
     # the two threads contend for.
     arrays = (x.reshape(-1), packed.reshape(-1), bias.reshape(-1), out.reshape(-1))
@@ -154,8 +173,8 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors,
                 while i < rows:
                     used, lines, first, pixels, steps, i_end = _plan(tap_args, (n, od, oh, r + q * j), i, rows, end - j,
                                                                      (x_step * strides[3], q * cout), n_ow * cout)
-                    _run_units(arrays, packed.shape, (x.shape[4], cout), vectors, spread, group, taps, used, lines,
-                               first, pixels, steps)
+                    _run_units(arrays, packed.shape, (x.shape[4], cout), vectors, spread, group, phased, taps, used,
+                               lines, first, pixels, steps)
                     i = i_end
                 j = end
 
@@ -194,7 +213,8 @@ def _row_step(idx_h, oh):
 
 
 @njit(inline="always")
-def _run_units(arrays, packed_shape, in_out, vectors, spread, group, taps, used, lines, first, count, steps):
+def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, taps, used, lines, first, count,
+               steps):
     """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
     pixels (x_step, y_step) apart and lines (x_line, y_line), reducing over the first `used` taps,
     for every unit and channel block, in micro-kernel calls of as many pixels as each holds; the
@@ -214,8 +234,9 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, taps, used,
             while p < count:
                 pixels = pixel_block(len(vectors), count - p)
                 for i in range(lines):
-                    fma_tile(vectors, spread, group, pixels, x, (x_first + i * x_line + p * x_step, x_step), taps,
-                             used, w, w_at, bias, y, (y_first + i * y_line + p * y_step, y_step, stored))
+                    x_at = (x_first + i * x_line + p * x_step, x_step)
+                    y_at = (y_first + i * y_line + p * y_step, y_step, stored)
+                    fma_tile(vectors, spread, group, phased, pixels, x, x_at, taps, used, w, w_at, bias, y, y_at)
                 p += pixels
 
 

@@ -1,29 +1,32 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(vectors, spread, group, P, x, (x_base, x_step), taps, n_taps, w, (w_base, bias_base), bias, y,
-(y_base, y_step, channels))`` computes P output pixels x V vectors of LANES output channels,
-held as P * V accumulators in vector registers across the whole reduction, and stores them plus the
-bias; V, K and G are given by the types of `vectors`, `spread` and `group`, tuples of as many zeros.
-Lane l of vector v computes
+``fma_tile(vectors, spread, group, phased, P, x, (x_base, x_step), taps, n_taps, w, (w_base, bias_base),
+bias, y, (y_base, y_step, channels))`` computes P output pixels x V vectors of LANES lanes, held as
+P * V accumulators in vector registers across the whole reduction, and stores them plus the bias;
+V, K, G and D are given by the types of `vectors`, `spread`, `group` and `phased`, tuples of as many
+zeros. Lane l of vector v computes
 
     bias[bias_base + v * LANES + l] + sum over the taps t < n_taps, over
-        i < taps[t, 2] of x[x_base + taps[t, 0] + p * x_step + i * S + v * K + l % K]
+        i < taps[t, 2] of x[x_base + taps[t, 0] + p * x_step + i * S + v * D + l % K]
                           * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
 
 K input values are spread over the lanes: K = 1 broadcasts one input to every output channel (dense
-and grouped convolutions; the V vectors share their inputs, S = 1); K > 1 serves K groups of G output
-channels at once, lane l = c * K + j holding channel c of group j (small groups; depthwise with
-K = LANES, where x is read as whole vectors), each vector its own K groups, the V * K inputs of one
-reduction step side by side in x (S = V * K). Only x_step is a run-time stride, so a pixel needs one
-address register.
+and grouped convolutions; the V vectors share their inputs, S = 1). With K > 1 lane l = c * K + j
+serves output channel c of slot j, G channels per slot. Slots are groups (D = 1 in `phased`, taken
+as K: small groups; depthwise with K = LANES, where x is read as whole vectors): each vector has its
+own K groups, the V * K inputs of one reduction step side by side in x (S = V * K; `group_inputs`
+interleaves them). Or slots are input phases (D > 1: the group's input channels): each vector is one
+group, lane c * K + j summing its inputs j, j + K, j + 2K... (S = K), so x needs no interleaving.
+Only x_step is a run-time stride, so a pixel needs one address register.
 
 Pixel p's channels go to y[y_base + p * y_step + c] for c < channels, in order: a K = 1 vector v holds
-c = v * LANES + l; a K > 1 vector is reordered group by group (c = v * K * G + j * G + c'). Masked
-stores write no further than `channels`, so a partial block needs no scratch tile.
+c = v * LANES + l; a vector of K groups is reordered group by group (c = v * K * G + j * G + c'); a
+vector of K phases adds them up (c = v * G + c'). Masked stores write no further than `channels`, so
+a partial block needs no scratch tile.
 
 Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
-two 512-bit FMA pipes and 32 vector registers. Each (V, K, G) compiles separately, with only its own
+two 512-bit FMA pipes and 32 vector registers. Each (V, K, G, D) compiles separately, with only its own
 bodies. P is a run-time value: the IR holds one unrolled body per pixel count of VARIANTS[V] behind a
 switch; with K = LANES, bodies of 4 to SLIDING_PIXELS pixels also hold a sliding-window variant,
 taken when x_step = S (`_Emitter.slide`). `bias` must have V * LANES readable values from `bias_base`.
@@ -65,22 +68,22 @@ def pixel_block(vectors, remaining):
 
 
 @intrinsic
-def fma_tile(typingctx, vectors, spread, group, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
-    sig = types.void(vectors, spread, group, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
-    return sig, _codegen(x.dtype, vectors.count, spread.count, group.count)
+def fma_tile(typingctx, vectors, spread, group, phased, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    sig = types.void(vectors, spread, group, phased, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
+    return sig, _codegen(x.dtype, vectors.count, spread.count, group.count, phased.count)
 
 
-def _codegen(dtype, n_vec, spread, group):
+def _codegen(dtype, n_vec, spread, group, distance):
     def codegen(context, builder, signature, args):
         tys = signature.args
-        _, _, _, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
+        _, _, _, _, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
         unpack = lambda pair: cgutils.unpack_tuple(builder, pair)  # noqa: E731
         (x_base, x_step), (w_base, bias_base) = unpack(x_at), unpack(w_at)
         y_base, y_step, channels = unpack(y_at)
-        emit = _Emitter(context, builder, dtype, spread, group)
+        emit = _Emitter(context, builder, dtype, spread, group, distance)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
-                for name, i in (("x", 4), ("w", 8), ("bias", 10), ("y", 11))}
-        taps_ary = context.make_array(tys[6])(context, builder, taps)
+                for name, i in (("x", 5), ("w", 9), ("bias", 11), ("y", 12))}
+        taps_ary = context.make_array(tys[7])(context, builder, taps)
         done = builder.append_basic_block("fma_done")
         switch = builder.switch(pixels, done)
         for n_pix in VARIANTS[n_vec]:
@@ -98,10 +101,13 @@ def _codegen(dtype, n_vec, spread, group):
 class _Emitter:
     """IR for one (V, P) body: accumulate over the taps, then add the bias and store."""
 
-    def __init__(self, context, builder, dtype, spread, group):
+    def __init__(self, context, builder, dtype, spread, group, distance):
         self.builder = builder
         self.spread = spread
         self.group = group
+        self.phased = distance > 1
+        # x distance between the inputs of consecutive vectors
+        self.distance = distance if self.phased else spread
         self.width = lanes(dtype)
         self.align = VECTOR_BYTES // self.width
         self.vec = ir.VectorType(context.get_value_type(dtype), self.width)
@@ -133,7 +139,7 @@ class _Emitter:
         sets = max(1, FMA_CHAINS // (n_pix * n_vec))
         acc = [[[cgutils.alloca_once_value(b, ir.Constant(self.vec, None)) for _ in range(n_vec)]
                 for _ in range(n_pix)] for _ in range(sets)]
-        if self.spread == self.width and 4 <= n_pix <= SLIDING_PIXELS:
+        if self.spread == self.width and not self.phased and 4 <= n_pix <= SLIDING_PIXELS:
             # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
             slides = b.icmp_signed("==", x_step, c(n_vec * self.spread))
             with b.if_else(slides) as (window, plain):
@@ -211,8 +217,8 @@ class _Emitter:
 
     @property
     def stored(self):
-        """Output channels one vector holds: LANES, or its K groups of G."""
-        return self.width if self.spread == 1 else self.spread * self.group
+        """Output channels one vector holds: LANES, its K groups of G, or the G of its group."""
+        return self.width if self.spread == 1 else self.group if self.phased else self.spread * self.group
 
     def store_mask(self, left):
         """Lanes to store of a vector whose channels start `left` before the end of the block."""
@@ -225,28 +231,45 @@ class _Emitter:
         return b.icmp_signed("<", lanes_, splat)
 
     def store_channels(self, value, ptr, index, mask):
-        """Store one vector's channels in order (K > 1 lanes are reordered group by group), only
-        the lanes of `mask`."""
+        """Store one vector's channels in order, only the lanes of `mask`: K > 1 lanes are reordered
+        group by group, or their phases added up first."""
         b, k, g = self.builder, self.spread, self.group
-        if k > 1:
+        if self.phased:
+            value = self.add_phases(value)
+            order = [pos * k if pos < g else 0 for pos in range(self.width)]
+        else:
             order = [(pos % g) * k + pos // g if pos < k * g else 0 for pos in range(self.width)]
-            value = b.shuffle_vector(value, ir.Constant(self.vec, ir.Undefined),
-                                     ir.Constant(ir.VectorType(ir.IntType(32), self.width), order))
+        if k > 1:
+            value = self.shuffle(value, order)
         address = b.bitcast(b.gep(ptr, [index]), self.vec.as_pointer())
         store = cgutils.get_or_insert_function(b.module, ir.FunctionType(
             ir.VoidType(), [self.vec, self.vec.as_pointer(), ir.IntType(32), mask.type]),
             f"llvm.masked.store.v{self.width}f{8 * self.align}.p0")
         b.call(store, [value, address, ir.Constant(ir.IntType(32), self.align), mask])
 
+    def add_phases(self, value):
+        """Lane c * K of the result = the sum of lanes c * K ... c * K + K - 1 (K a power of two:
+        butterflies of distance 1, 2, 4...)."""
+        distance = 1
+        while distance < self.spread:
+            value = self.builder.fadd(value, self.shuffle(value, [lane ^ distance for lane in range(self.width)]))
+            distance *= 2
+        return value
+
+    def shuffle(self, value, order):
+        return self.builder.shuffle_vector(value, ir.Constant(self.vec, ir.Undefined),
+                                           ir.Constant(ir.VectorType(ir.IntType(32), self.width), order))
+
     def step(self, acc, i, data, x_first, x_step, w_first, n_vec, n_pix):
         """One reduction element `i` of the current tap into the P x V accumulators `acc`."""
         b, c, width, k = self.builder, self.const, self.width, self.spread
         w_row = b.add(w_first, b.mul(i, c(n_vec * width)))
         weights = [self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in range(n_vec)]
-        x_row = b.add(x_first, b.mul(i, c(1 if k == 1 else n_vec * k)))
+        x_row = b.add(x_first, b.mul(i, c(1 if k == 1 else k if self.phased else n_vec * k)))
         for p in range(n_pix):
             at = b.add(x_row, b.mul(x_step, c(p)))
             # K = 1: one broadcast serves every vector; else vector v reads its own K inputs.
-            values = [self.load_spread(data["x"], b.add(at, c(v * k))) for v in range(1 if k == 1 else n_vec)]
+            values = [self.load_spread(data["x"], b.add(at, c(v * self.distance)))
+                      for v in range(1 if k == 1 else n_vec)]
             for v in range(n_vec):
                 b.store(b.call(self.fma, [values[0 if k == 1 else v], weights[v], b.load(acc[p][v])]), acc[p][v])
