@@ -235,12 +235,9 @@ class _Emitter:
         group by group, or their phases added up first."""
         b, k, g = self.builder, self.spread, self.group
         if self.phased:
-            value = self.add_phases(value)
-            order = [pos * k if pos < g else 0 for pos in range(self.width)]
-        else:
-            order = [(pos % g) * k + pos // g if pos < k * g else 0 for pos in range(self.width)]
-        if k > 1:
-            value = self.shuffle(value, order)
+            value = self.shuffle(self.add_phases(value), [pos * k if pos < g else 0 for pos in range(self.width)])
+        elif k > 1:
+            value = self.shuffle(value, [(pos % g) * k + pos // g if pos < k * g else 0 for pos in range(self.width)])
         address = b.bitcast(b.gep(ptr, [index]), self.vec.as_pointer())
         store = cgutils.get_or_insert_function(b.module, ir.FunctionType(
             ir.VoidType(), [self.vec, self.vec.as_pointer(), ir.IntType(32), mask.type]),
