@@ -15,8 +15,9 @@ from nbconv.config import CACHE
 
 def wake():
     """Run a trivial parallel region on every thread (a few microseconds when they are awake)."""
-    if get_num_threads() > 1:
-        _touch(np.empty(get_num_threads(), np.int64))
+    n_threads = get_num_threads()
+    if n_threads > 1:
+        _touch(np.empty(n_threads, np.int64))
 
 
 @njit(parallel=True, cache=CACHE)
