@@ -46,6 +46,10 @@ VECTOR_BYTES = 64
 # column of 8 in one call) without falling back to one pixel at a time.
 VARIANTS = {1: (16, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)}
 FMA_CHAINS = 8
+# Taps of this many reduction steps or more first prefetch the next tap's inputs, PREFETCH_LINES cache
+# lines per pixel (see `_Emitter.prefetch_next`); shorter taps spent more on the prefetches than they saved.
+PREFETCH_STEPS = 16
+PREFETCH_LINES = 2
 # Most pixels of a sliding-window body: their accumulators and input windows take 2 registers each.
 SLIDING_PIXELS = 12
 # VARIANTS as a table for compiled code: row V - 1, descending, padded with 1.
@@ -157,6 +161,8 @@ class _Emitter:
         x_base, x_step = x_at
         with cgutils.for_range(b, n_taps) as tap:
             x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
+            with b.if_then(b.icmp_signed(">=", length, c(PREFETCH_STEPS))):
+                self.prefetch_next(taps, tap.index, n_taps, data["x"], x_at, n_pix)
             operands = (data, x_tap, x_step, w_tap, n_vec, n_pix)
             unrolled = b.sub(length, b.srem(length, c(sets)))
             with cgutils.for_range_slice(b, c(0), unrolled, c(sets)) as (step, _):
@@ -164,6 +170,25 @@ class _Emitter:
                     self.step(acc[k], b.add(step, c(k)), *operands)
             with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
                 self.step(acc[0], step, *operands)
+
+    def prefetch_next(self, taps, t, n_taps, x, x_at, n_pix):
+        """Prefetch the first lines of every pixel's inputs for tap t + 1 into L1. A tap starts P new
+        input streams, one per pixel, whose first loads the hardware prefetcher does not foresee;
+        issued a whole tap ahead, they arrive in time (dilated_r2: one thread 1.09x, two 1.03x)."""
+        b, c = self.builder, self.const
+        following = b.add(t, c(1))
+        with b.if_then(b.icmp_signed("<", following, n_taps)):
+            x_base, x_step = x_at
+            start = b.add(x_base, b.load(b.gep(taps, [b.mul(following, c(3))])))
+            byte_ptr = ir.IntType(8).as_pointer()
+            prefetch = cgutils.get_or_insert_function(b.module, ir.FunctionType(
+                ir.VoidType(), [byte_ptr] + [ir.IntType(32)] * 3), "llvm.prefetch.p0")
+            # read, keep in all cache levels, data
+            hints = [ir.Constant(ir.IntType(32), value) for value in (0, 3, 1)]
+            for p in range(n_pix):
+                pixel = b.add(start, b.mul(x_step, c(p)))
+                for line in range(PREFETCH_LINES):
+                    b.call(prefetch, [b.bitcast(b.gep(x, [b.add(pixel, c(line * self.width))]), byte_ptr), *hints])
 
     def tap_entry(self, taps, t, x_base, w_base):
         """Tap t's first x and packed-weight offsets (from x_base, w_base) and its length."""
