@@ -220,6 +220,20 @@ def test_blocked_input_phases_where_k_divides_the_group_inputs(dtype, groups, ci
 
 
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
+    ("float32", 1, 32, 32), ("float32", 64, 1, 1), ("float32", 8, 8, 8), ("float32", 5, 2, 3), ("float64", 1, 3, 20)])
+def test_blocked_with_output_prefetch(monkeypatch, dtype, groups, cin_g, cout_g):
+    """Results large enough to have their lines prefetched before the stores (here: every result):
+    dense with taps long enough to prefetch inputs, depthwise sliding, input phases, packed groups."""
+    monkeypatch.setattr(blocked, "PREFETCH_OUT_BYTES", 0)
+    rng = np.random.default_rng(cin_g)
+    x = rng.standard_normal((1, 3, 9, 29, groups * cin_g)).astype(dtype)
+    w = rng.standard_normal((3, 3, 3, cin_g, groups * cout_g)).astype(dtype)
+    with forced_kernel("blocked"):
+        got = nbconv.conv3d(x, w, groups=groups, padding="SAME", backend=BACKEND)
+    assert_conv_close(got, x, w, groups=groups, padding="SAME")
+
+
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
     ("float32", 1, 3, 5), ("float32", 1, 2, 40), ("float32", 4, 2, 4), ("float32", 4, 4, 4), ("float64", 16, 1, 1),
     ("float64", 1, 3, 9)])
 @pytest.mark.parametrize("options", [

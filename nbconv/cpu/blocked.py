@@ -34,6 +34,10 @@ from nbconv.cpu.microkernel import fma_tile, lanes, pixel_block
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
 BAND = 8
+# Results this large leave the caches between calls: the micro-kernel prefetches their lines before
+# storing (`microkernel._Emitter.prefetch_out`). Smaller ones (grouped_g8's 2.1 MB, medical_s2's 3.4 MB)
+# ran 3-6% slower with it.
+PREFETCH_OUT_BYTES = 4 << 20
 
 
 def spread_for(geometry, dtype):
@@ -51,7 +55,7 @@ def conv3d(x, w, bias, geometry, tables, out):
     bias_taps[..., 0, :] = bias
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     _conv_blocked(inputs, pack_weights(w, blocking), pack_weights(bias_taps, blocking), *tables, out,
-                  *blocking.steps, *blocking.shape)
+                  out.nbytes >= PREFETCH_OUT_BYTES, *blocking.steps, *blocking.shape)
 
 
 class _Blocking(NamedTuple):
@@ -143,7 +147,7 @@ def _interleave(x, out):
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors, spread, group, phased):
+def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, prefetch, q, x_step, vectors, spread, group, phased):
     """BAND output rows (n, od, oh...) per task, cut along W into runs of pixels with the same taps;
     one tap list per stretch of rows and run, shared by every unit and channel block (its
     offsets are relative to them)."""
@@ -174,7 +178,7 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, q, x_step, vectors,
                     used, lines, first, pixels, steps, i_end = _plan(tap_args, (n, od, oh, r + q * j), i, rows, end - j,
                                                                      (x_step * strides[3], q * cout), n_ow * cout)
                     _run_units(arrays, packed.shape, (x.shape[4], cout), vectors, spread, group, phased, taps, used,
-                               lines, first, pixels, steps)
+                               lines, first, pixels, steps, prefetch)
                     i = i_end
                 j = end
 
@@ -214,11 +218,12 @@ def _row_step(idx_h, oh):
 
 @njit(inline="always")
 def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, taps, used, lines, first, count,
-               steps):
+               steps, prefetch):
     """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
     pixels (x_step, y_step) apart and lines (x_line, y_line), reducing over the first `used` taps,
     for every unit and channel block, in micro-kernel calls of as many pixels as each holds; the
-    lines of one block of pixels in turn, so that they find their shared inputs in L1."""
+    lines of one block of pixels in turn, so that they find their shared inputs in L1. `prefetch`:
+    whether the micro-kernel prefetches its output lines."""
     x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
     x_step, y_step, x_line, y_line = steps
@@ -235,7 +240,7 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, tap
                 pixels = pixel_block(len(vectors), count - p)
                 for i in range(lines):
                     x_at = (x_first + i * x_line + p * x_step, x_step)
-                    y_at = (y_first + i * y_line + p * y_step, y_step, stored)
+                    y_at = (y_first + i * y_line + p * y_step, y_step, stored, int(prefetch))
                     fma_tile(vectors, spread, group, phased, pixels, x, x_at, taps, used, w, w_at, bias, y, y_at)
                 p += pixels
 
