@@ -10,7 +10,8 @@ j, j + K... (input phases, added up at the store): as many lanes busy, and x rea
 "unit" (a group, V * K groups, or V groups with phases) has its own input channels, packed weights
 and output channels.
 
-A task is a band of BAND output rows (n, od, oh...). Along W the pixels of a row fall into `q` residue
+A task is a band of BAND output rows (n, od, oh...); the threads claim runs of tasks as they go
+(`nbconv.cpu.tasks`). Along W the pixels of a row fall into `q` residue
 classes (q = lhs / gcd(stride, lhs), 1 without input dilation): inside a class, consecutive pixels
 read inputs `x_step` pixels apart through the same taps, so input dilation skips its zeros for free.
 A class splits into runs of pixels with the same valid taps (the interior, and single pixels near a
@@ -25,11 +26,12 @@ from math import gcd, prod
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from nbconv import buffers
 from nbconv.config import CACHE
 from nbconv.cpu.microkernel import fma_tile, lanes, pixel_block
+from nbconv.cpu.tasks import claim
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
@@ -55,7 +57,7 @@ def conv3d(x, w, bias, geometry, tables, out):
     bias_taps[..., 0, :] = bias
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     _conv_blocked(inputs, pack_weights(w, blocking), pack_weights(bias_taps, blocking), *tables, out,
-                  out.nbytes >= PREFETCH_OUT_BYTES, *blocking.steps, *blocking.shape)
+                  out.nbytes >= PREFETCH_OUT_BYTES, get_num_threads(), *blocking.steps, *blocking.shape)
 
 
 class _Blocking(NamedTuple):
@@ -147,10 +149,10 @@ def _interleave(x, out):
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, prefetch, q, x_step, vectors, spread, group, phased):
-    """BAND output rows (n, od, oh...) per task, cut along W into runs of pixels with the same taps;
-    one tap list per stretch of rows and run, shared by every unit and channel block (its
-    offsets are relative to them)."""
+def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, prefetch, threads, q, x_step, vectors, spread, group,
+                  phased):
+    """BAND output rows (n, od, oh...) per task, the tasks claimed by the `threads` as they go
+    (`tasks.claim`); see `_band`."""
     n_batch, n_od, n_oh, n_ow, cout = out.shape
     n_taps, cin_g, width = packed.shape[2:]
     strides = (x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4], x.shape[2] * x.shape[3] * x.shape[4],
@@ -161,26 +163,45 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, prefetch, q, x_step
     # the two threads contend for.
     arrays = (x.reshape(-1), packed.reshape(-1), bias.reshape(-1), out.reshape(-1))
     bands = -(-n_oh // BAND)
-    for task in prange(n_batch * n_od * bands):
-        n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
-        rows = min(BAND, n_oh - oh)
+    n_tasks = n_batch * n_od * bands
+    workers = min(threads, n_tasks)
+    counter = np.zeros(1, np.int64)
+    for _ in prange(workers):
         taps = np.empty((n_taps, 3), np.int64)
         tap_args = (taps, idx_d, idx_h, idx_w, strides, cin_g, width, element)
-        for r in range(q):
-            count = (n_ow - r + q - 1) // q
-            j = 0
-            while j < count:
-                end = j + 1
-                while end < count and _same_taps(idx_w, r + q * j, r + q * end):
-                    end += 1
-                i = 0
-                while i < rows:
-                    used, lines, first, pixels, steps, i_end = _plan(tap_args, (n, od, oh, r + q * j), i, rows, end - j,
-                                                                     (x_step * strides[3], q * cout), n_ow * cout)
-                    _run_units(arrays, packed.shape, (x.shape[4], cout), vectors, spread, group, phased, taps, used,
-                               lines, first, pixels, steps, prefetch)
-                    i = i_end
-                j = end
+        first, last = claim(counter, 0, n_tasks, workers)
+        while first < n_tasks:
+            for task in range(first, last):
+                n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
+                _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), q, (x_step * strides[3], q * cout), n_ow * cout,
+                      arrays, packed.shape, (x.shape[4], cout), vectors, spread, group, phased, prefetch)
+            first, last = claim(counter, last, n_tasks, workers)
+
+
+@njit(inline="always")
+def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out, vectors, spread, group, phased,
+          prefetch):
+    """Output rows oh... oh + rows - 1 of (n, od), band = (n, od, oh): each of the q residue classes
+    along W cut into runs of pixels with the same taps, each run into stretches of rows with the
+    same taps; one tap list per stretch and run, shared by every unit and channel block (its offsets
+    are relative to them). A class's consecutive pixels are w_steps = (x, y) apart, rows y_row in y."""
+    taps, idx_w = tap_args[0], tap_args[3]
+    n_ow = idx_w.shape[0]
+    for r in range(q):
+        count = (n_ow - r + q - 1) // q
+        j = 0
+        while j < count:
+            end = j + 1
+            while end < count and _same_taps(idx_w, r + q * j, r + q * end):
+                end += 1
+            i = 0
+            while i < rows:
+                run = (band[0], band[1], band[2], r + q * j)
+                used, lines, first, pixels, steps, i_end = _plan(tap_args, run, i, rows, end - j, w_steps, y_row)
+                _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, prefetch, taps, used,
+                           lines, first, pixels, steps)
+                i = i_end
+            j = end
 
 
 @njit(inline="always")
@@ -217,8 +238,8 @@ def _row_step(idx_h, oh):
 
 
 @njit(inline="always")
-def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, taps, used, lines, first, count,
-               steps, prefetch):
+def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, prefetch, taps, used, lines, first,
+               count, steps):
     """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
     pixels (x_step, y_step) apart and lines (x_line, y_line), reducing over the first `used` taps,
     for every unit and channel block, in micro-kernel calls of as many pixels as each holds; the
@@ -226,8 +247,8 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, tap
     whether the micro-kernel prefetches its output lines."""
     x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
-    x_step, y_step, x_line, y_line = steps
     cin, cout = in_out
+    x_step, y_step, x_line, y_line = steps
     unit_cin, unit_cout = cin // units, cout // units
     for unit in range(units):
         for block in range(blocks):
