@@ -57,7 +57,7 @@ def conv3d(x, w, bias, geometry, tables, out):
     bias_taps[..., 0, :] = bias
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     _conv_blocked(inputs, pack_weights(w, blocking), pack_weights(bias_taps, blocking), *tables, out,
-                  out.nbytes >= PREFETCH_OUT_BYTES, get_num_threads(), *blocking.steps, *blocking.shape)
+                  int(out.nbytes >= PREFETCH_OUT_BYTES), get_num_threads(), *blocking.steps, *blocking.shape)
 
 
 class _Blocking(NamedTuple):
@@ -243,12 +243,12 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, pre
     """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
     pixels (x_step, y_step) apart and lines (x_line, y_line), reducing over the first `used` taps,
     for every unit and channel block, in micro-kernel calls of as many pixels as each holds; the
-    lines of one block of pixels in turn, so that they find their shared inputs in L1. `prefetch`:
-    whether the micro-kernel prefetches its output lines."""
+    lines of one block of pixels in turn, so that they find their shared inputs in L1. `prefetch`
+    (1 or 0): whether the micro-kernel prefetches its output lines."""
     x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
-    cin, cout = in_out
     x_step, y_step, x_line, y_line = steps
+    cin, cout = in_out
     unit_cin, unit_cout = cin // units, cout // units
     for unit in range(units):
         for block in range(blocks):
@@ -261,7 +261,7 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, pre
                 pixels = pixel_block(len(vectors), count - p)
                 for i in range(lines):
                     x_at = (x_first + i * x_line + p * x_step, x_step)
-                    y_at = (y_first + i * y_line + p * y_step, y_step, stored, int(prefetch))
+                    y_at = (y_first + i * y_line + p * y_step, y_step, stored, prefetch)
                     fma_tile(vectors, spread, group, phased, pixels, x, x_at, taps, used, w, w_at, bias, y, y_at)
                 p += pixels
 

@@ -34,4 +34,3 @@ def _fetch_add(typingctx, counter, amount):
     if isinstance(counter, types.Array) and counter.dtype == types.int64 and amount == types.int64:
         return types.int64(counter, amount), codegen
     return None
-
