@@ -1,5 +1,7 @@
 """Public functions: validate the arguments, pick a backend, run its kernel."""
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from math import prod
 
 import numpy as np
 
@@ -19,7 +21,7 @@ class ConvCall:
     channel_first: bool
     batched: bool
 
-    @property
+    @cached_property
     def result_shape(self):
         n, d, h, w, c = self.geometry.out_shape
         shape = (n, c, d, h, w) if self.channel_first else (n, d, h, w, c)
@@ -39,7 +41,7 @@ def conv3d(x, w, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, gr
     """
     backend = choose_backend(backend, x, w, bias)
     x, w, bias = _host_array(x, "x"), _host_array(w, "w"), _host_array(bias, "bias")
-    call = _validate(x, w, bias, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
+    call = _validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
     if out is not None:
         _check_out(out, call, x, w)
     run = cuda_module().conv3d if backend == "cuda" else _conv3d_cpu
@@ -56,24 +58,47 @@ def _host_array(a, name):
         raise TypeError(f"{name} must be array-like, got {type(a).__name__}") from err
 
 
-def _validate(x, w, bias, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first):
-    if len(x.shape) not in (4, 5):
-        raise ValueError(f"x must be 5-D {_layout(channel_first)} (or 4-D unbatched), got shape "
-                         f"{tuple(x.shape)}")
+def _validate(x, w, bias, options):
+    """The ConvCall of a call. Cached by the sizes, dtypes and options that decide it, and by the
+    options' types (1, 1.0 and True are one dict key but not equally valid): a layer or a loop calls
+    with the same ones again, and right after a kernel has filled the caches the full check took
+    50-100 us of interpreter time."""
+    spec = (tuple(x.shape), np.dtype(x.dtype), tuple(w.shape), np.dtype(w.dtype),
+            None if bias is None else (tuple(bias.shape), np.dtype(bias.dtype)), options)
+    try:
+        key = (spec, _types(options))
+        hash(key)
+    except TypeError:  # a list or an array among the options: checked every time
+        return _conv_call(*spec)
+    return _cached_conv_call(key)
+
+
+def _types(value):
+    return (type(value), tuple(_types(v) for v in value)) if type(value) in (tuple, list) else type(value)
+
+
+@lru_cache(maxsize=64)
+def _cached_conv_call(key):
+    return _conv_call(*key[0])
+
+
+def _conv_call(x_shape, x_dtype, w_shape, w_dtype, bias_spec, options):
+    stride, padding, lhs_dilation, rhs_dilation, groups, channel_first = options
+    if len(x_shape) not in (4, 5):
+        raise ValueError(f"x must be 5-D {_layout(channel_first)} (or 4-D unbatched), got shape {x_shape}")
     if not isinstance(channel_first, (bool, np.bool_)):
         raise TypeError(f"channel_first must be a bool, got {channel_first!r}")
-    x_shape = tuple(x.shape) if len(x.shape) == 5 else (1, *x.shape)
-    geometry = conv_geometry(x_shape, tuple(w.shape), stride=stride, padding=padding,
-                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, groups=groups,
-                             channel_first=bool(channel_first))
-    dtypes = [("x", np.dtype(x.dtype)), ("w", np.dtype(w.dtype))]
-    if bias is not None:
-        if int(np.prod(bias.shape)) != geometry.out_channels:
-            raise ValueError(f"bias must have Cout = {geometry.out_channels} elements, got shape "
-                             f"{tuple(bias.shape)}")
-        conv_dtypes(("bias", np.dtype(bias.dtype)))
+    geometry = conv_geometry(x_shape if len(x_shape) == 5 else (1, *x_shape), w_shape, stride=stride,
+                             padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                             groups=groups, channel_first=bool(channel_first))
+    dtypes = [("x", x_dtype), ("w", w_dtype)]
+    if bias_spec is not None:
+        bias_shape, bias_dtype = bias_spec
+        if prod(bias_shape) != geometry.out_channels:
+            raise ValueError(f"bias must have Cout = {geometry.out_channels} elements, got shape {bias_shape}")
+        conv_dtypes(("bias", bias_dtype))
     compute, result = conv_dtypes(*dtypes)
-    return ConvCall(geometry, compute, result, bool(channel_first), len(x.shape) == 5)
+    return ConvCall(geometry, compute, result, bool(channel_first), len(x_shape) == 5)
 
 
 def _layout(channel_first):

@@ -170,13 +170,14 @@ BLOCK_OPTIONS = ({"padding": "SAME"}, {"stride": (1, 1, 2), "padding": ((0, 0), 
 
 def _sweep_rows(kernel, x, w, groups=1):
     """Output rows of every length modulo the pixel blocks (16, 12, 8, 6 and their halves), through
-    stride, input dilation and padding."""
+    stride, input dilation and padding; with a bias, packed like the weights."""
+    bias = np.linspace(-1, 1, w.shape[-1]).astype(w.dtype)
     for options in BLOCK_OPTIONS:
         for width in (1, 5, 13, 29, 37):
             xs = x[:, :, :, :width]
             with forced_kernel(kernel):
-                got = nbconv.conv3d(xs, w, groups=groups, backend=BACKEND, **options)
-            assert_conv_close(got, xs, w, groups=groups, **options)
+                got = nbconv.conv3d(xs, w, groups=groups, bias=bias, backend=BACKEND, **options)
+            assert_conv_close(got, xs, w, groups=groups, bias=bias, **options)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -188,13 +189,16 @@ def test_blocked_channel_blocks_and_pixel_remainders(cout, dtype):
                 rng.standard_normal((1, 2, 3, 3, cout)).astype(dtype))
 
 
-@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
+PACKED_GROUPS = [
     ("float32", 2, 3, 8), ("float32", 4, 2, 4), ("float32", 8, 1, 2), ("float32", 16, 1, 1),
     ("float32", 48, 1, 1), ("float32", 32, 2, 1), ("float32", 24, 1, 1), ("float32", 5, 2, 3),
     ("float32", 32, 1, 1), ("float32", 64, 1, 1), ("float64", 2, 3, 4), ("float64", 8, 1, 1),
     ("float64", 16, 1, 1), ("float64", 24, 1, 1), ("float64", 4, 5, 2), ("float64", 6, 1, 1),
     ("float32", 8, 8, 8), ("float32", 4, 4, 4), ("float32", 2, 6, 2), ("float32", 6, 4, 8), ("float64", 4, 4, 4),
-    ("float64", 2, 6, 2)])
+    ("float64", 2, 6, 2)]
+
+
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", PACKED_GROUPS)
 def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
     """Small groups packed K to a vector (K = 2 .. 16; K * Cout_g filling the vector or not: 24
     depthwise channels are 2 x 12 in float32, 5 groups of 3 take 15 lanes), depthwise included,
@@ -206,6 +210,23 @@ def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
     rng = np.random.default_rng(groups * cout_g)
     _sweep_rows("blocked", rng.standard_normal((1, 2, 3, 37, groups * cin_g)).astype(dtype),
                 rng.standard_normal((2, 2, 3, cin_g, groups * cout_g)).astype(dtype), groups=groups)
+
+
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", PACKED_GROUPS + [("float32", 1, 5, 70), ("float64", 2, 3, 9)])
+def test_gathered_packing_is_pack_weights(dtype, groups, cin_g, cout_g):
+    """The per-call packing (a precomputed gather where K > 1) puts every weight and bias value where
+    `pack_weights`, the layout's definition, does; the bias as a 1-tap kernel in input phase 0."""
+    rng = np.random.default_rng(groups + cin_g)
+    w = rng.standard_normal((2, 3, 1, cin_g, groups * cout_g)).astype(dtype)
+    bias = rng.standard_normal(groups * cout_g).astype(dtype)
+    geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), w.shape, stride=1, padding="SAME", lhs_dilation=1,
+                             rhs_dilation=1, groups=groups, channel_first=False)
+    blocking = blocked._blocking(geometry, np.dtype(dtype))
+    bias_taps = np.zeros((1, 1, 1, blocking.phases, bias.size), dtype)
+    bias_taps[..., 0, :] = bias
+    np.testing.assert_array_equal(blocked._packed_weights(w, blocking), blocked.pack_weights(w, blocking))
+    np.testing.assert_array_equal(blocked._gather(bias, blocked._bias_index(blocking, bias.size, bias.itemsize)),
+                                  blocked.pack_weights(bias_taps, blocking))
 
 
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g, phases", [

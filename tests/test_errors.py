@@ -57,3 +57,22 @@ def test_out_may_not_alias_input():
 def test_channel_mismatch_names_layout():
     with pytest.raises(ValueError, match="channel_first=True"):
         nbconv.conv3d(np.ones((1, 5, 4, 4, 4)), W, channel_first=True, backend=BACKEND)
+
+
+@pytest.mark.parametrize("valid, invalid, error", [
+    (dict(stride=1), dict(stride=True), TypeError), (dict(stride=(1, 1, 1)), dict(stride=(1, True, 1)), TypeError),
+    (dict(groups=1), dict(groups=1.0), ValueError), (dict(channel_first=False), dict(channel_first=0), TypeError),
+    (dict(padding=((1, 1),)), dict(padding=((1.0, 1),)), TypeError)])
+def test_validation_cache_keeps_equal_values_of_other_types_apart(valid, invalid, error):
+    """Calls are validated once per sizes, dtypes and options; 1, 1.0 and True are equal as dict keys,
+    so a cached valid call must not let an invalid one with equal values through."""
+    nbconv.conv3d(X, W, backend=BACKEND, **valid)
+    with pytest.raises(error):
+        nbconv.conv3d(X, W, backend=BACKEND, **invalid)
+
+
+def test_unhashable_options_are_validated_too():
+    np.testing.assert_array_equal(nbconv.conv3d(X, W, stride=[1, 2, 1], padding=[(0, 1)], backend=BACKEND),
+                                  nbconv.conv3d(X, W, stride=(1, 2, 1), padding=((0, 1),), backend=BACKEND))
+    with pytest.raises(ValueError, match="stride must be positive"):
+        nbconv.conv3d(X, W, stride=[1, 0, 1], backend=BACKEND)

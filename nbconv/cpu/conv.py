@@ -2,11 +2,16 @@
 from nbconv import config
 from nbconv.cpu import blocked, direct, threads
 
+
+def _loop_nest(x, w, bias, geometry, tables, out):
+    # Its rows are split into equal prange shares up front, so a worker still asleep would hold the
+    # call back (`threads`); the blocked kernel's threads claim their tasks as they go and need no wake.
+    threads.wake()
+    direct.conv_grouped(x, w, bias, *tables, out)
+
+
 # name -> run(x, w, bias, geometry, tables, out); each computes every convolution.
-KERNELS = {
-    "blocked": blocked.conv3d,
-    "grouped": lambda x, w, bias, geometry, tables, out: direct.conv_grouped(x, w, bias, *tables, out),
-}
+KERNELS = {"blocked": blocked.conv3d, "grouped": _loop_nest}
 
 
 def choose_kernel(geometry, dtype):
@@ -21,5 +26,4 @@ def choose_kernel(geometry, dtype):
 def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
-    threads.wake()
     KERNELS[choose_kernel(geometry, x.dtype)](x, w, bias, geometry, geometry.tap_tables(), out)
