@@ -31,7 +31,7 @@ def empty(shape, dtype):
         return np.empty(shape, dtype)
     with _lock:
         buffer = _take(nbytes + ALIGN)
-    start = -buffer.ctypes.data % ALIGN
+    start = -buffer.__array_interface__["data"][0] % ALIGN  # (.ctypes builds a helper object each time)
     return buffer[start:start + nbytes].view(dtype).reshape(shape)
 
 

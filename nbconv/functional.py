@@ -61,8 +61,8 @@ def _host_array(a, name):
 def _validate(x, w, bias, options):
     """The ConvCall of a call. Cached by the sizes, dtypes and options that decide it, and by the
     options' types (1, 1.0 and True are one dict key but not equally valid): a layer or a loop calls
-    with the same ones again, and right after a kernel has filled the caches the full check took
-    50-100 us of interpreter time."""
+    with the same ones again, and right after a large kernel has evicted the interpreter's code and
+    data from the caches the full check took about 50 us (the lookup: 10-15)."""
     spec = (tuple(x.shape), np.dtype(x.dtype), tuple(w.shape), np.dtype(w.dtype),
             None if bias is None else (tuple(bias.shape), np.dtype(bias.dtype)), options)
     try:
@@ -74,6 +74,7 @@ def _validate(x, w, bias, options):
 
 
 def _types(value):
+    """The type of `value`, and of every item of its tuples and lists."""
     return (type(value), tuple(_types(v) for v in value)) if type(value) in (tuple, list) else type(value)
 
 

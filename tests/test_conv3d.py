@@ -221,12 +221,13 @@ def test_gathered_packing_is_pack_weights(dtype, groups, cin_g, cout_g):
     bias = rng.standard_normal(groups * cout_g).astype(dtype)
     geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), w.shape, stride=1, padding="SAME", lhs_dilation=1,
                              rhs_dilation=1, groups=groups, channel_first=False)
-    blocking = blocked._blocking(geometry, np.dtype(dtype))
+    blocking, weight_index, bias_index = blocked._packing(geometry, np.dtype(dtype))
     bias_taps = np.zeros((1, 1, 1, blocking.phases, bias.size), dtype)
     bias_taps[..., 0, :] = bias
-    np.testing.assert_array_equal(blocked._packed_weights(w, blocking), blocked.pack_weights(w, blocking))
-    np.testing.assert_array_equal(blocked._gather(bias, blocked._bias_index(blocking, bias.size, bias.itemsize)),
-                                  blocked.pack_weights(bias_taps, blocking))
+    assert (weight_index is None) == (blocking.spread == 1)
+    if weight_index is not None:
+        np.testing.assert_array_equal(blocked._gather(w, weight_index), blocked.pack_weights(w, blocking))
+    np.testing.assert_array_equal(blocked._gather(bias, bias_index), blocked.pack_weights(bias_taps, blocking))
 
 
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g, phases", [

@@ -51,11 +51,11 @@ def spread_for(geometry, dtype):
 
 
 def conv3d(x, w, bias, geometry, tables, out):
-    blocking = _blocking(geometry, np.dtype(x.dtype))
+    blocking, weight_index, bias_index = _packing(geometry, x.dtype)
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
-    packed_bias = _gather(bias, _bias_index(blocking, bias.size, bias.dtype.itemsize))
+    weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
     prefetch = int(out.nbytes >= PREFETCH_OUT_BYTES)
-    _conv_blocked(inputs, _packed_weights(w, blocking), packed_bias, *tables, out, prefetch, get_num_threads(),
+    _conv_blocked(inputs, weights, _gather(bias, bias_index), *tables, out, prefetch, get_num_threads(),
                   *blocking.steps, *blocking.shape)
 
 
@@ -123,27 +123,23 @@ def pack_weights(w, blocking):
     return np.ascontiguousarray(rows.reshape(taps, steps, units, blocks, v * lanes_).transpose(2, 3, 0, 1, 4))
 
 
-def _packed_weights(w, blocking):
-    """pack_weights(w, blocking), for K > 1 by a precomputed gather: NumPy's copies of those
-    transposes, with K-element inner axes, took 50 us of grouped_g8's 1 ms call, the gather 3."""
-    if blocking.spread == 1:
-        return pack_weights(w, blocking)
-    return _gather(w, _weight_index(blocking, w.shape, w.dtype.itemsize))
-
-
 @lru_cache(maxsize=64)
-def _weight_index(blocking, w_shape, itemsize):
-    """Where pack_weights puts each weight: its flat index in w plus one (0 for the zero padding),
-    as integers as wide as the weights, so that they fill as many lanes."""
-    return pack_weights(np.arange(1, prod(w_shape) + 1, dtype=f"i{itemsize}").reshape(w_shape), blocking)
-
-
-@lru_cache(maxsize=64)
-def _bias_index(blocking, cout, itemsize):
-    """`_weight_index` of the bias as a 1-tap kernel (with input phases: in phase 0, none in the others)."""
-    numbers = np.zeros((1, 1, 1, blocking.phases, cout), f"i{itemsize}")
-    numbers[..., 0, :] = np.arange(1, cout + 1)
-    return pack_weights(numbers, blocking)
+def _packing(geometry, dtype):
+    """A geometry's `_blocking`, and where `pack_weights` puts each weight and bias value: its flat
+    index plus one (0 for the zero padding), in integers as wide as the values, so that they fill as
+    many lanes. One lookup per call. The weights of K > 1 are packed by this gather (NumPy's copies
+    of those transposes, with K-element inner axes, took 50 us of grouped_g8's 1 ms call, the gather
+    3); with K = 1, pack_weights is a reshape and at most one plain copy, faster than a gather: None."""
+    blocking, cout = _blocking(geometry, np.dtype(dtype)), geometry.out_channels
+    integers = f"i{np.dtype(dtype).itemsize}"
+    weight_index = None
+    if blocking.spread > 1:
+        w_shape = (*geometry.kernel, geometry.in_channels // geometry.groups, cout)
+        weight_index = pack_weights(np.arange(1, prod(w_shape) + 1, dtype=integers).reshape(w_shape), blocking)
+    # The bias as a 1-tap kernel (with input phases: in phase 0, none in the others).
+    bias_taps = np.zeros((1, 1, 1, blocking.phases, cout), integers)
+    bias_taps[..., 0, :] = np.arange(1, cout + 1)
+    return blocking, weight_index, pack_weights(bias_taps, blocking)
 
 
 @njit(cache=CACHE)

@@ -1,4 +1,6 @@
 """Kernel choice for a CPU convolution."""
+from functools import lru_cache
+
 from nbconv import config
 from nbconv.cpu import blocked, direct, threads
 
@@ -14,16 +16,18 @@ def _loop_nest(x, w, bias, geometry, tables, out):
 KERNELS = {"blocked": blocked.conv3d, "grouped": _loop_nest}
 
 
-def choose_kernel(geometry, dtype):
-    """config.CPU_KERNEL when set, else the register-blocked micro-kernel once a vector holds 4 or
-    more output channels (of one or several groups), the plain loop nest for the few-channel rest."""
-    if config.CPU_KERNEL in KERNELS:
-        return config.CPU_KERNEL
-    channels_per_vector = blocked.spread_for(geometry, dtype) * geometry.out_channels // geometry.groups
-    return "blocked" if channels_per_vector >= 4 else "grouped"
-
-
 def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
-    KERNELS[choose_kernel(geometry, x.dtype)](x, w, bias, geometry, geometry.tap_tables(), out)
+    kernel, tables = _plan(geometry, x.dtype, config.CPU_KERNEL)
+    kernel(x, w, bias, geometry, tables, out)
+
+
+@lru_cache(maxsize=64)
+def _plan(geometry, dtype, forced):
+    """The kernel and the tap tables for a geometry, one lookup per call. The kernel: `forced`
+    (config.CPU_KERNEL) when set, else the register-blocked micro-kernel once a vector holds 4 or
+    more output channels (of one or several groups), the plain loop nest for the few-channel rest."""
+    channels_per_vector = blocked.spread_for(geometry, dtype) * geometry.out_channels // geometry.groups
+    name = forced if forced in KERNELS else "blocked" if channels_per_vector >= 4 else "grouped"
+    return KERNELS[name], geometry.tap_tables()
