@@ -19,7 +19,7 @@ KEPT = 4  # buffers kept at most, idle or not
 MAX_KEPT_BYTES = 1 << 30
 ALIGN = 64
 
-_kept = []  # least recently handed out first
+_kept = []  # (buffer, offset of its first cache line), least recently handed out first
 _lock = threading.Lock()
 
 
@@ -30,23 +30,23 @@ def empty(shape, dtype):
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
     with _lock:
-        buffer = _take(nbytes + ALIGN)
-    start = -buffer.__array_interface__["data"][0] % ALIGN  # (.ctypes builds a helper object each time)
-    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+        buffer, start = _take(nbytes + ALIGN)
+    return np.ndarray(shape, dtype, buffer=buffer, offset=start)
 
 
 def _take(size):
-    """An idle kept buffer of `size` bytes, else a new one, kept if there is room (an idle buffer
-    of another size makes room)."""
-    # Idle: only the list and getrefcount's argument refer to it.
-    idle = [i for i in range(len(_kept)) if sys.getrefcount(_kept[i]) == 2]
+    """An idle kept buffer of `size` bytes and its first cache-line-aligned byte, else a new one, kept
+    if there is room (an idle buffer of another size makes room)."""
+    # Idle: only its entry in the list and getrefcount's argument refer to it.
+    idle = [i for i in range(len(_kept)) if sys.getrefcount(_kept[i][0]) == 2]
     for i in idle:
-        if _kept[i].nbytes == size:
+        if _kept[i][0].nbytes == size:
             _kept.append(_kept.pop(i))
             return _kept[-1]
     buffer = np.empty(size, np.uint8)
+    entry = buffer, -buffer.ctypes.data % ALIGN
     if len(_kept) >= KEPT and idle:
         del _kept[idle[0]]
-    if len(_kept) < KEPT and sum(b.nbytes for b in _kept) + size <= MAX_KEPT_BYTES:
-        _kept.append(buffer)
-    return buffer
+    if len(_kept) < KEPT and sum(b.nbytes for b, _ in _kept) + size <= MAX_KEPT_BYTES:
+        _kept.append(entry)
+    return entry
