@@ -74,9 +74,8 @@ class _Blocking(NamedTuple):
     shape: tuple
 
 
-@lru_cache(maxsize=64)
 def _blocking(geometry, dtype):
-    """The vectors and W steps of a geometry (cached: every call of a layer asks again)."""
+    """The vectors and W steps of a geometry (asked once per geometry and dtype, by `_packing`)."""
     width, k = lanes(dtype), spread_for(geometry, dtype)
     groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
     # K lanes per channel as input phases of one group fill as many lanes as K groups, and leave x
@@ -130,8 +129,8 @@ def _packing(geometry, dtype):
     many lanes. One lookup per call. The weights of K > 1 are packed by this gather (NumPy's copies
     of those transposes, with K-element inner axes, took 50 us of grouped_g8's 1 ms call, the gather
     3); with K = 1, pack_weights is a reshape and at most one plain copy, faster than a gather: None."""
-    blocking, cout = _blocking(geometry, np.dtype(dtype)), geometry.out_channels
-    integers = f"i{np.dtype(dtype).itemsize}"
+    dtype = np.dtype(dtype)
+    blocking, cout, integers = _blocking(geometry, dtype), geometry.out_channels, f"i{dtype.itemsize}"
     weight_index = None
     if blocking.spread > 1:
         w_shape = (*geometry.kernel, geometry.in_channels // geometry.groups, cout)

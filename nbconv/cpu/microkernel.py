@@ -82,9 +82,8 @@ def _codegen(dtype, n_vec, spread, group, distance):
     def codegen(context, builder, signature, args):
         tys = signature.args
         _, _, _, _, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
-        unpack = lambda pair: cgutils.unpack_tuple(builder, pair)  # noqa: E731
-        (x_base, x_step), (w_base, bias_base) = unpack(x_at), unpack(w_at)
-        y_base, y_step, channels, prefetch = unpack(y_at)
+        x_at, y_at = cgutils.unpack_tuple(builder, x_at), cgutils.unpack_tuple(builder, y_at)
+        w_base, bias_base = cgutils.unpack_tuple(builder, w_at)
         emit = _Emitter(context, builder, dtype, spread, group, distance)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
                 for name, i in (("x", 5), ("w", 9), ("bias", 11), ("y", 12))}
@@ -95,8 +94,7 @@ def _codegen(dtype, n_vec, spread, group, distance):
             block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
             switch.add_case(ir.Constant(pixels.type, n_pix), block)
             builder.position_at_end(block)
-            emit.body(n_vec, n_pix, data, taps_ary.data, n_taps, (x_base, x_step), w_base,
-                      (y_base, y_step, channels, prefetch), bias_base)
+            emit.body(n_vec, n_pix, data, taps_ary.data, n_taps, x_at, w_base, y_at, bias_base)
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
