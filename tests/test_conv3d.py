@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import nbconv
-from nbconv.cpu import blocked
+from nbconv.cpu import blocked, microkernel
 from nbconv.geometry import conv_geometry
 from tests.support import BACKEND, KERNELS, SIMULATED, assert_conv_close, forced_kernel
 
@@ -231,27 +231,44 @@ def test_gathered_packing_is_pack_weights(dtype, groups, cin_g, cout_g):
 
 
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g, phases", [
-    ("float32", 8, 8, 8, 2), ("float32", 4, 4, 4, 4), ("float64", 2, 6, 2, 2), ("float32", 4, 2, 4, 1),
+    ("float32", 8, 8, "L/2", 2), ("float32", 4, 4, "L/4", 4), ("float64", 2, 6, 2, 2), ("float32", 4, 2, "L/4", 1),
     ("float32", 64, 1, 1, 1), ("float32", 32, 2, 1, 1), ("float32", 3, 3, 4, 1), ("float32", 1, 8, 32, 1)])
 def test_blocked_input_phases_where_k_divides_the_group_inputs(dtype, groups, cin_g, cout_g, phases):
     """The blocked kernel's choice: K input phases of one group per vector when K (a power of two,
-    below a whole vector) divides Cin_g, else K groups (or K = 1)."""
+    below a whole vector) divides Cin_g, else K groups (or K = 1). Cout_g "L/n" is a fraction of the
+    target's lanes L (K = n groups fit a vector; L >= 8 in float32 wherever the suite runs natively)."""
+    if isinstance(cout_g, str):
+        cout_g = blocked.lanes(dtype) // int(cout_g[2:])
     geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), (3, 3, 3, cin_g, groups * cout_g), stride=1,
                              padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=groups, channel_first=False)
     assert blocked._blocking(geometry, np.dtype(dtype)).phases == phases
 
 
+@pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
     ("float32", 1, 32, 32), ("float32", 64, 1, 1), ("float32", 8, 8, 8), ("float32", 5, 2, 3), ("float64", 1, 3, 20)])
-def test_blocked_with_output_prefetch(monkeypatch, dtype, groups, cin_g, cout_g):
-    """Results large enough to have their lines prefetched before the stores (here: every result):
-    dense with taps long enough to prefetch inputs, depthwise sliding, input phases, packed groups."""
+def test_blocked_large_result_stores(monkeypatch, dtype, groups, cin_g, cout_g, aligned):
+    """Results large enough to bypass the caches (here: every result): streamed (non-temporal stores)
+    into an `out` that starts on a vector boundary where every unit's channels fill whole vectors,
+    else (an `out` one element off, or units of partial vectors) prefetched for writing; dense with
+    taps long enough to prefetch inputs, depthwise sliding, input phases, packed groups."""
     monkeypatch.setattr(blocked, "PREFETCH_OUT_BYTES", 0)
     rng = np.random.default_rng(cin_g)
     x = rng.standard_normal((1, 3, 9, 29, groups * cin_g)).astype(dtype)
     w = rng.standard_normal((3, 3, 3, cin_g, groups * cout_g)).astype(dtype)
+    shape = (1, 3, 9, 29, groups * cout_g)
+    memory = np.full(np.prod(shape) + 64, np.nan, dtype)
+    first = -memory.ctypes.data % 64 // memory.itemsize + (0 if aligned else 1)
+    out = memory[first:first + np.prod(shape)].reshape(shape)
+    geometry = conv_geometry(x.shape, w.shape, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1,
+                             groups=groups, channel_first=False)
+    blocking = blocked._blocking(geometry, np.dtype(dtype))
+    whole_units = (groups * cout_g // blocking.units) % blocked.lanes(dtype) == 0
+    assert blocked._store_mode(out, blocking) == (microkernel.STREAMED if aligned and whole_units
+                                                  else microkernel.PREFETCHED)
     with forced_kernel("blocked"):
-        got = nbconv.conv3d(x, w, groups=groups, padding="SAME", backend=BACKEND)
+        got = nbconv.conv3d(x, w, groups=groups, padding="SAME", backend=BACKEND, out=out)
+    assert got is out
     assert_conv_close(got, x, w, groups=groups, padding="SAME")
 
 

@@ -1,14 +1,16 @@
 """Register-blocked convolution: the micro-kernel of `microkernel` over runs of output pixels.
 
-Output channels are cut into vectors of LANES. A group with half a vector of output channels or more
-gets up to 4 vectors per micro-kernel call, each input value broadcast to all of them (K = 1).
-Smaller groups are packed K to a vector (K * Cout_g <= LANES, lane c * K + j: channel c of group j),
-the V * K inputs of one reduction step side by side in x (`group_inputs` interleaves them);
-depthwise with 16 channels is K = LANES, plain vector loads. Where K (a power of two) divides the
-group's input channels, a vector is one group instead, lane c * K + j summing channel c over inputs
-j, j + K... (input phases, added up at the store): as many lanes busy, and x read as it is. Such a
-"unit" (a group, V * K groups, or V groups with phases) has its own input channels, packed weights
-and output channels.
+Output channels are cut into vectors of LANES (the compile target's: `nbconv.cpu.target`). A group
+with half a vector of output channels or more gets up to the target's most vectors per micro-kernel
+call (4 with 32 registers, 2 with 16), each input value broadcast to all of them (K = 1). Smaller
+groups are packed K to a vector (K * Cout_g <= LANES, lane c * K + j: channel c of group j), the
+V * K inputs of one reduction step side by side in x (`group_inputs` interleaves them); depthwise
+with LANES channels or more is K = LANES, plain vector loads, as many vectors as make up to
+`target.WHOLE_VECTOR_BYTES` of channels (so that a stride-1 row's taps merge and slide). Where K (a
+power of two) divides the group's input channels, a vector is one group instead, lane c * K + j
+summing channel c over inputs j, j + K... (input phases, added up at the store): as many lanes busy,
+and x read as it is. Such a "unit" (a group, V * K groups, or V groups with phases) has its own input
+channels, packed weights and output channels.
 
 A task is a band of BAND output rows (n, od, oh...); the threads claim runs of tasks as they go
 (`nbconv.cpu.tasks`). Along W the pixels of a row fall into `q` residue
@@ -30,15 +32,20 @@ from numba import get_num_threads, njit, prange
 
 from nbconv import buffers
 from nbconv.config import CACHE
-from nbconv.cpu.microkernel import fma_tile, lanes, pixel_block
+from nbconv.cpu.microkernel import (CACHED, PREFETCHED, STREAMED, TARGET, fma_tile, lanes, pixel_block,
+                                    store_fence)
 from nbconv.cpu.tasks import claim
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
 BAND = 8
-# Results this large leave the caches between calls: the micro-kernel prefetches their lines before
-# storing (`microkernel._Emitter.prefetch_out`). Smaller ones (grouped_g8's 2.1 MB, medical_s2's 3.4 MB)
-# ran 3-6% slower with it.
+# Results this large leave the caches between calls, so the micro-kernel does not wait for their lines
+# to be read before it overwrites them: it streams them past the caches (non-temporal stores), where
+# every whole vector it stores is aligned, else prefetches their lines for writing before it stores
+# (`microkernel._Emitter.prefetch_out`). Same process, against prefetching: AVX2 depthwise_c64
+# 1.10-1.13x, video_c3 1.14-1.15x, AVX-512 1.04-1.08x, dense and dilated unchanged; prefetching gained
+# 1.1-1.2x over plain stores. Smaller results (grouped_g8's 2.1 MB, medical_s2's 3.4 MB) ran 3-6% slower prefetched.
+# The cost: whoever reads a streamed result next finds it in memory, not in the L3 cache.
 PREFETCH_OUT_BYTES = 4 << 20
 
 
@@ -54,9 +61,20 @@ def conv3d(x, w, bias, geometry, tables, out):
     blocking, weight_index, bias_index = _packing(geometry, x.dtype)
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
-    prefetch = int(out.nbytes >= PREFETCH_OUT_BYTES)
-    _conv_blocked(inputs, weights, _gather(bias, bias_index), *tables, out, prefetch, get_num_threads(),
-                  *blocking.steps, *blocking.shape)
+    _conv_blocked(inputs, weights, _gather(bias, bias_index), *tables, out, _store_mode(out, blocking),
+                  get_num_threads(), *blocking.steps, *blocking.shape)
+
+
+def _store_mode(out, blocking):
+    """How the micro-kernel stores `out` (`microkernel.CACHED`...): see PREFETCH_OUT_BYTES. Whole
+    vectors start at multiples of the vector size when `out` does and every unit's channels fill
+    whole vectors (blocks and vectors then follow at multiples of it)."""
+    if out.nbytes < PREFETCH_OUT_BYTES:
+        return CACHED
+    vector = lanes(out.dtype) * out.itemsize
+    unit_bytes = out.shape[-1] // blocking.units * out.itemsize
+    aligned = out.__array_interface__["data"][0] % vector == 0 and unit_bytes % vector == 0
+    return STREAMED if aligned else PREFETCHED
 
 
 class _Blocking(NamedTuple):
@@ -82,13 +100,17 @@ def _blocking(geometry, dtype):
     # as it is (grouped_g8: the interleave took 8% of the call): when K divides the group's inputs.
     cin_g = geometry.in_channels // groups
     phases = k if k < width and k & (k - 1) == 0 and cin_g % k == 0 else 1
-    if k == 1:
-        vectors = min(4, -(-cout_g // width))
-    else:  # vectors of K groups (or one group) each, as many as split the groups evenly: up to 4 when
-        # x is read as whole vectors (K = LANES, FMA memory operands); else each pixel and vector needs
-        # a register for its broadcast inputs, and beside 24 accumulators 4 vectors spill where 2 do not.
+    if k == 1:  # the group's vectors in as few blocks as the target allows, split evenly: 6 vectors
+        # are 2 blocks of 3, not 4 + 2 with two vectors of zero weights (96 channels on AVX-512: 1.33x)
+        needed = -(-cout_g // width)
+        vectors = -(-needed // -(-needed // TARGET.max_vectors))
+    else:  # vectors of K groups (or one group) each, as many as split the groups evenly: with whole-
+        # vector inputs (K = LANES, FMA memory operands) up to the target's `whole_vectors`; else each
+        # pixel and vector needs a register for its broadcast inputs, and beside 24 accumulators 4
+        # vectors spill where 2 do not.
         per_vector = 1 if phases > 1 else k
-        vectors = max(v for v in (4, 3, 2, 1) if (groups // per_vector) % v == 0 and (k == width or v <= 2))
+        most = TARGET.whole_vectors if k == width else min(2, TARGET.max_vectors)
+        vectors = max(v for v in range(most, 0, -1) if (groups // per_vector) % v == 0)
     stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
     q = lhs // gcd(stride, lhs)
     per_unit = 1 if k == 1 else vectors if phases > 1 else vectors * k
@@ -176,7 +198,7 @@ def _interleave(x, out):
 
 
 @njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, prefetch, threads, q, x_step, vectors, spread, group,
+def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, mode, threads, q, x_step, vectors, spread, group,
                   phased):
     """BAND output rows (n, od, oh...) per task, the tasks claimed by the `threads` as they go
     (`tasks.claim`); see `_band`."""
@@ -194,20 +216,31 @@ def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, prefetch, threads, 
     workers = min(threads, n_tasks)
     counter = np.zeros(1, np.int64)
     for _ in prange(workers):
-        taps = np.empty((n_taps, 3), np.int64)
-        tap_args = (taps, idx_d, idx_h, idx_w, strides, cin_g, width, element)
-        first, last = claim(counter, 0, n_tasks, workers)
-        while first < n_tasks:
-            for task in range(first, last):
-                n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
-                _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), q, (x_step * strides[3], q * cout), n_ow * cout,
-                      arrays, packed.shape, (x.shape[4], cout), vectors, spread, group, phased, prefetch)
-            first, last = claim(counter, last, n_tasks, workers)
+        _work(counter, (n_tasks, workers, n_od, bands, n_oh, n_ow, cout, strides, element), arrays,
+              (idx_d, idx_h, idx_w), packed.shape, x.shape[4], q, x_step, mode, vectors, spread, group, phased)
+
+
+@njit(error_model="numpy", cache=CACHE)
+def _work(counter, tasks, arrays, tables, packed_shape, cin, q, x_step, mode, vectors, spread, group, phased):
+    """One thread's share: runs of tasks claimed from `counter` until none are left. A function of its
+    own, not inlined into the parallel loop: Numba's parallel passes then see only this call, which
+    took 1.4 s off the cold compile of a kernel family (dense_c64: 6.8 -> 5.2 s) at 0-2% of speed."""
+    n_tasks, workers, n_od, bands, n_oh, n_ow, cout, strides, element = tasks
+    n_taps, cin_g, width = packed_shape[2:]
+    taps = np.empty((n_taps, 3), np.int64)
+    tap_args = (taps, tables[0], tables[1], tables[2], strides, cin_g, width, element)
+    first, last = claim(counter, 0, n_tasks, workers)
+    while first < n_tasks:
+        for task in range(first, last):
+            n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
+            _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), q, (x_step * strides[3], q * cout), n_ow * cout,
+                  arrays, packed_shape, (cin, cout), vectors, spread, group, phased, mode)
+        first, last = claim(counter, last, n_tasks, workers)
 
 
 @njit(inline="always")
 def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out, vectors, spread, group, phased,
-          prefetch):
+          mode):
     """Output rows oh... oh + rows - 1 of (n, od), band = (n, od, oh): each of the q residue classes
     along W cut into runs of pixels with the same taps, each run into stretches of rows with the
     same taps; one tap list per stretch and run, shared by every unit and channel block (its offsets
@@ -225,7 +258,7 @@ def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out,
             while i < rows:
                 run = (band[0], band[1], band[2], r + q * j)
                 used, lines, first, pixels, steps, i_end = _plan(tap_args, run, i, rows, end - j, w_steps, y_row)
-                _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, prefetch, taps, used,
+                _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, mode, taps, used,
                            lines, first, pixels, steps)
                 i = i_end
             j = end
@@ -265,13 +298,13 @@ def _row_step(idx_h, oh):
 
 
 @njit(inline="always")
-def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, prefetch, taps, used, lines, first,
+def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, mode, taps, used, lines, first,
                count, steps):
     """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
     pixels (x_step, y_step) apart and lines (x_line, y_line), reducing over the first `used` taps,
     for every unit and channel block, in micro-kernel calls of as many pixels as each holds; the
-    lines of one block of pixels in turn, so that they find their shared inputs in L1. `prefetch`
-    (1 or 0): whether the micro-kernel prefetches its output lines."""
+    lines of one block of pixels in turn, so that they find their shared inputs in L1. `mode`: how the
+    micro-kernel stores (`_store_mode`)."""
     x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
     x_step, y_step, x_line, y_line = steps
@@ -288,7 +321,7 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, pre
                 pixels = pixel_block(len(vectors), count - p)
                 for i in range(lines):
                     x_at = (x_first + i * x_line + p * x_step, x_step)
-                    y_at = (y_first + i * y_line + p * y_step, y_step, stored, prefetch)
+                    y_at = (y_first + i * y_line + p * y_step, y_step, stored, mode)
                     fma_tile(vectors, spread, group, phased, pixels, x, x_at, taps, used, w, w_at, bias, y, y_at)
                 p += pixels
 

@@ -2,7 +2,7 @@
 from plain loops: DESIGN.md §5).
 
 ``fma_tile(vectors, spread, group, phased, P, x, (x_base, x_step), taps, n_taps, w, (w_base, bias_base),
-bias, y, (y_base, y_step, channels, prefetch))`` computes P output pixels x V vectors of LANES lanes, held as
+bias, y, (y_base, y_step, channels, mode))`` computes P output pixels x V vectors of LANES lanes, held as
 P * V accumulators in vector registers across the whole reduction, and stores them plus the bias;
 V, K, G and D are given by the types of `vectors`, `spread`, `group` and `phased`, tuples of as many
 zeros. Lane l of vector v computes
@@ -23,14 +23,20 @@ Only x_step is a run-time stride, so a pixel needs one address register.
 Pixel p's channels go to y[y_base + p * y_step + c] for c < channels, in order: a K = 1 vector v holds
 c = v * LANES + l; a vector of K groups is reordered group by group (c = v * K * G + j * G + c'); a
 vector of K phases adds them up (c = v * G + c'). Masked stores write no further than `channels`, so
-a partial block needs no scratch tile. With `prefetch` set, the body first prefetches the lines it will
-store to, for writing (`_Emitter.prefetch_out`).
+a partial block needs no scratch tile; a vector whose channels all lie in the block is stored plainly.
+`mode` says how a large result is stored (`_Emitter.store`): 0 plainly, 1 with its lines
+prefetched for writing first (`_Emitter.prefetch_out`), 2 streamed past the caches (non-temporal
+stores; every whole vector's address a multiple of the vector size).
 
-Vectors are 512 bits (16 float32 or 8 float64 lanes, ``llvm.fma.v16f32`` / ``v8f64``): this CPU has
-two 512-bit FMA pipes and 32 vector registers. Each (V, K, G, D) compiles separately, with only its own
-bodies. P is a run-time value: the IR holds one unrolled body per pixel count of VARIANTS[V] behind a
-switch; with K = LANES, bodies of 4 to SLIDING_PIXELS pixels also hold a sliding-window variant,
-taken when x_step = S (`_Emitter.slide`). `bias` must have V * LANES readable values from `bias_base`.
+Vectors are as wide as the compile target's registers (`nbconv.cpu.target`: 16 float32 lanes on
+AVX-512, 8 on AVX2, 4 on SSE and NEON), multiplied and added by ``llvm.fmuladd`` (an FMA where the
+target has one, a multiply and an add where not: never a call to libm's fma). Each (V, K, G, D)
+compiles separately, with only its own bodies. P is a run-time value: the IR holds one unrolled body
+per pixel count of the target's `pixels[V]` behind a switch; with K = LANES, bodies of the
+target's `sliding` pixel counts also hold a sliding-window variant, taken when x_step = S
+(`_Emitter.slide`).
+`bias` must have V * LANES readable values from `bias_base`. `tile_module` emits the same bodies as a
+plain LLVM module for any target, to read their machine code (tests/test_isa.py).
 """
 from functools import lru_cache
 
@@ -40,27 +46,24 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-VECTOR_BYTES = 64
+from nbconv.cpu.target import CACHE_LINE, current
 
-# Pixel counts per vector count: the largest keeps P * V accumulators and V weight vectors within the
-# 32 registers; the powers of two below it cover the ends of rows and columns (28 = 12 + 12 + 4, a
-# column of 8 in one call) without falling back to one pixel at a time.
-VARIANTS = {1: (16, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)}
-FMA_CHAINS = 8
+TARGET = current()
+# How a result is stored (the `mode` of y_at): plainly, its lines prefetched for writing, or streamed.
+CACHED, PREFETCHED, STREAMED = 0, 1, 2
 # Taps of this many reduction steps or more first prefetch the next tap's inputs, PREFETCH_LINES cache
 # lines per pixel (see `_Emitter.prefetch_next`); shorter taps spent more on the prefetches than they saved.
 PREFETCH_STEPS = 16
 PREFETCH_LINES = 2
-# Most pixels of a sliding-window body: their accumulators and input windows take 2 registers each.
-SLIDING_PIXELS = 12
-# VARIANTS as a table for compiled code: row V - 1, descending, padded with 1.
-_CHOICES = np.array([counts + (1,) * (5 - len(counts)) for counts in VARIANTS.values()], np.int64)
+# The target's pixel counts as a table for compiled code: row V - 1, descending, padded with 1.
+_CHOICES = np.array([counts + (1,) * (5 - len(counts))
+                     for counts in map(TARGET.pixel_counts, range(1, TARGET.whole_vectors + 1))], np.int64)
 
 
 @lru_cache(maxsize=16)
 def lanes(dtype):
-    """Lanes of one 512-bit vector of a NumPy or Numba float dtype."""
-    return VECTOR_BYTES // np.dtype(str(dtype)).itemsize
+    """Lanes of one vector of the compile target of a NumPy or Numba float dtype."""
+    return TARGET.lanes(dtype)
 
 
 @njit(inline="always")
@@ -75,47 +78,83 @@ def pixel_block(vectors, remaining):
 @intrinsic
 def fma_tile(typingctx, vectors, spread, group, phased, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
     sig = types.void(vectors, spread, group, phased, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
-    return sig, _codegen(x.dtype, vectors.count, spread.count, group.count, phased.count)
+    return sig, _codegen(TARGET, x.dtype, vectors.count, spread.count, group.count, phased.count)
 
 
-def _codegen(dtype, n_vec, spread, group, distance):
+@intrinsic
+def store_fence(typingctx):
+    """A full memory fence: non-temporal stores are ordered by nothing weaker."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+def _codegen(target, dtype, n_vec, spread, group, distance):
     def codegen(context, builder, signature, args):
         tys = signature.args
         _, _, _, _, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
         x_at, y_at = cgutils.unpack_tuple(builder, x_at), cgutils.unpack_tuple(builder, y_at)
         w_base, bias_base = cgutils.unpack_tuple(builder, w_at)
-        emit = _Emitter(context, builder, dtype, spread, group, distance)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
                 for name, i in (("x", 5), ("w", 9), ("bias", 11), ("y", 12))}
-        taps_ary = context.make_array(tys[7])(context, builder, taps)
-        done = builder.append_basic_block("fma_done")
-        switch = builder.switch(pixels, done)
-        for n_pix in VARIANTS[n_vec]:
-            block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
-            switch.add_case(ir.Constant(pixels.type, n_pix), block)
-            builder.position_at_end(block)
-            emit.body(n_vec, n_pix, data, taps_ary.data, n_taps, x_at, w_base, y_at, bias_base)
-            builder.branch(done)
-        builder.position_at_end(done)
+        taps_ptr = context.make_array(tys[7])(context, builder, taps).data
+        emit = _Emitter(builder, target, dtype, spread, group, distance)
+        emit.tile(n_vec, pixels, data, taps_ptr, n_taps, x_at, w_base, y_at, bias_base)
         return context.get_dummy_value()
     return codegen
+
+
+def tile_module(target, dtype, n_vec, spread, group, distance):
+    """The bodies `fma_tile` compiles for (V, K, G, D), as the function `tile` of a module of their
+    own for `target`: (pixels, x, x_base, x_step, taps, n_taps, w, w_base, bias, bias_base, y, y_base,
+    y_step, channels, mode), pointers and 64-bit integers."""
+    module = ir.Module("tile")
+    module.triple = target.triple
+    i64, array = ir.IntType(64), _ELEMENTS[np.dtype(str(dtype)).itemsize].as_pointer()
+    params = [i64, array, i64, i64, i64.as_pointer(), i64, array, i64, array, i64, array, i64, i64, i64, i64]
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), params), "tile")
+    builder = ir.IRBuilder(function.append_basic_block("entry"))
+    (pixels, x, x_base, x_step, taps, n_taps, w, w_base, bias, bias_base, y, *y_at) = function.args
+    data = {"x": x, "w": w, "bias": bias, "y": y}
+    emit = _Emitter(builder, target, dtype, spread, group, distance)
+    emit.tile(n_vec, pixels, data, taps, n_taps, (x_base, x_step), w_base, y_at, bias_base)
+    builder.ret_void()
+    return module
+
+
+_ELEMENTS = {4: ir.FloatType(), 8: ir.DoubleType()}
 
 
 class _Emitter:
     """IR for one (V, P) body: accumulate over the taps, then add the bias and store."""
 
-    def __init__(self, context, builder, dtype, spread, group, distance):
+    def __init__(self, builder, target, dtype, spread, group, distance):
         self.builder = builder
+        self.target, self.blocking = target, target.blocking
         self.spread = spread
         self.group = group
         self.phased = distance > 1
         # x distance between the inputs of consecutive vectors
         self.distance = distance if self.phased else spread
-        self.width = lanes(dtype)
-        self.align = VECTOR_BYTES // self.width
-        self.vec = ir.VectorType(context.get_value_type(dtype), self.width)
-        name = f"llvm.fma.v{self.width}f{8 * self.align}"
+        self.width = target.lanes(dtype)
+        self.align = np.dtype(str(dtype)).itemsize
+        self.vec = ir.VectorType(_ELEMENTS[self.align], self.width)
+        name = f"llvm.fmuladd.v{self.width}f{8 * self.align}"
         self.fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vec, [self.vec] * 3), name)
+
+    def tile(self, n_vec, pixels, data, taps, n_taps, x_at, w_base, y_at, bias_base):
+        """A switch on the pixel count to one body per count of the target's pixels[n_vec]."""
+        builder = self.builder
+        done = builder.append_basic_block("fma_done")
+        switch = builder.switch(pixels, done)
+        for n_pix in self.target.pixel_counts(n_vec):
+            block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
+            switch.add_case(ir.Constant(pixels.type, n_pix), block)
+            builder.position_at_end(block)
+            self.body(n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base)
+            builder.branch(done)
+        builder.position_at_end(done)
 
     def const(self, value):
         return ir.Constant(ir.IntType(64), value)
@@ -136,15 +175,17 @@ class _Emitter:
     def body(self, n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base):
         b, c = self.builder, self.const
         x_base, x_step = x_at
+        together = self.together(n_vec, n_pix)
         # An FMA waits ~4 cycles for its accumulator and two issue per cycle, so 8 independent chains
         # keep the pipes full; small blocks (row ends) get extra accumulator sets, used in turn by
         # consecutive reduction steps and summed at the end.
-        sets = max(1, FMA_CHAINS // (n_pix * n_vec))
+        sets = max(1, self.blocking.chains // (n_pix * together))
         acc = [[[cgutils.alloca_once_value(b, ir.Constant(self.vec, None)) for _ in range(n_vec)]
                 for _ in range(n_pix)] for _ in range(sets)]
-        with b.if_then(b.icmp_signed("!=", y_at[3], c(0))):
+        with b.if_then(b.icmp_signed("==", y_at[3], c(PREFETCHED))):
             self.prefetch_out(data["y"], y_at, n_vec, n_pix)
-        if self.spread == self.width and not self.phased and 4 <= n_pix <= SLIDING_PIXELS:
+        fewest, most = self.blocking.sliding
+        if self.spread == self.width and not self.phased and fewest <= n_pix <= most:
             # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
             slides = b.icmp_signed("==", x_step, c(n_vec * self.spread))
             with b.if_else(slides) as (window, plain):
@@ -156,21 +197,40 @@ class _Emitter:
             self.accumulate(acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base)
         self.store(acc, n_vec, n_pix, data, y_at, bias_base)
 
+    def together(self, n_vec, n_pix):
+        """Vectors reduced together: all of them where they share their inputs. Vectors of whole-vector
+        inputs (K = LANES) are independent, and a unit may have more of them than the registers hold
+        at P pixels (a depthwise unit spans up to `target.WHOLE_VECTOR_BYTES` of channels, so that its
+        taps merge and slide): they are reduced a few at a time, each with P accumulators and its
+        weight vector in registers beside one input (and, without FMA, the product)."""
+        if self.spread < self.width or self.phased:
+            return n_vec
+        return max(1, min(n_vec, self.free_registers // (n_pix + 1)))
+
+    @property
+    def free_registers(self):
+        """Vector registers for accumulators, weights and windows: all but the input (and, without
+        FMA, the product) and the target's spare ones."""
+        return self.target.registers - (1 if self.target.fma else 2) - self.blocking.spare
+
     def accumulate(self, acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base):
         """acc[set][p][v] += the taps' products, reduction steps dealt to the accumulator sets in turn."""
         b, c, sets = self.builder, self.const, len(acc)
         x_base, x_step = x_at
-        with cgutils.for_range(b, n_taps) as tap:
-            x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
-            with b.if_then(b.icmp_signed(">=", length, c(PREFETCH_STEPS))):
-                self.prefetch_next(taps, tap.index, n_taps, data["x"], x_at, n_pix)
-            operands = (data, x_tap, x_step, w_tap, n_vec, n_pix)
-            unrolled = b.sub(length, b.srem(length, c(sets)))
-            with cgutils.for_range_slice(b, c(0), unrolled, c(sets)) as (step, _):
-                for k in range(sets):
-                    self.step(acc[k], b.add(step, c(k)), *operands)
-            with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
-                self.step(acc[0], step, *operands)
+        together = self.together(n_vec, n_pix)
+        for first_v in range(0, n_vec, together):
+            vs = range(first_v, min(n_vec, first_v + together))
+            with cgutils.for_range(b, n_taps) as tap:
+                x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
+                with b.if_then(b.icmp_signed(">=", length, c(PREFETCH_STEPS))):
+                    self.prefetch_next(taps, tap.index, n_taps, data["x"], x_at, n_pix)
+                operands = (data, x_tap, x_step, w_tap, n_vec, vs, n_pix)
+                unrolled = b.sub(length, b.srem(length, c(sets)))
+                with cgutils.for_range_slice(b, c(0), unrolled, c(sets)) as (step, _):
+                    for k in range(sets):
+                        self.step(acc[k], b.add(step, c(k)), *operands)
+                with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
+                    self.step(acc[0], step, *operands)
 
     def prefetch_next(self, taps, t, n_taps, x, x_at, n_pix):
         """Prefetch the first lines of every pixel's inputs for tap t + 1 into L1. A tap starts P new
@@ -184,7 +244,7 @@ class _Emitter:
             for p in range(n_pix):
                 pixel = b.add(start, b.mul(x_step, c(p)))
                 for line in range(PREFETCH_LINES):
-                    self.prefetch(x, b.add(pixel, c(line * self.width)), write=False)
+                    self.prefetch(x, b.add(pixel, c(line * CACHE_LINE // self.align)), write=False)
 
     def prefetch_out(self, y, y_at, n_vec, n_pix):
         """Prefetch, for writing, the output lines this body will store to: the stores then find their
@@ -220,11 +280,11 @@ class _Emitter:
         """acc[p][v] += the taps' products when pixel p + 1 reads at step i what pixel p reads at step
         i + 1 (x_step = S, K = LANES): a window of P input vectors per vector moves one step at a time,
         so a step loads one input instead of P (an FMA with a memory operand per pixel and step made
-        the L1 loads, not the FMAs, the limit). A few vectors at a time keep their SLIDING_PIXELS
-        accumulators and windows in registers."""
+        the L1 loads, not the FMAs, the limit). A few vectors at a time keep their accumulators,
+        windows and weights in registers."""
         b, c, width, k = self.builder, self.const, self.width, self.spread
         window = [[cgutils.alloca_once(b, self.vec) for _ in range(n_vec)] for _ in range(n_pix)]
-        together = max(1, SLIDING_PIXELS // n_pix)
+        together = max(1, self.free_registers // (2 * n_pix + 1))
         for first_v in range(0, n_vec, together):
             vs = range(first_v, min(n_vec, first_v + together))
             with cgutils.for_range(b, n_taps) as tap:
@@ -244,20 +304,36 @@ class _Emitter:
                             b.store(b.load(window[p + 1][v]), window[p][v])
 
     def store(self, acc, n_vec, n_pix, data, y_at, bias_base):
-        """y = the sum of the accumulator sets + bias, through the store mask."""
+        """y = the sum of the accumulator sets + bias. A vector whose channels are all in the block is
+        stored plainly (or streamed, in mode STREAMED); a partial one through the store mask. (AVX2's
+        masked store, vmaskmovps, takes several times as long as a plain one on AMD cores: medical_s2
+        ran 1.6x faster on AVX2 without it. AVX-512's mask registers cost nothing.)"""
         b, c = self.builder, self.const
-        y_base, y_step, channels, _ = y_at
+        y_base, y_step, channels, mode = y_at
         sets = len(acc)
         width, stored = self.width, self.stored
         for v in range(n_vec):
             shift = self.load_vector(data["bias"], b.add(bias_base, c(v * width)))
-            mask = self.store_mask(b.sub(channels, c(v * stored)))
+            left = b.sub(channels, c(v * stored))
+            results = []
             for p in range(n_pix):
                 total = b.load(acc[0][p][v])
                 for k in range(1, sets):
                     total = b.fadd(total, b.load(acc[k][p][v]))
                 at = b.add(b.add(y_base, b.mul(y_step, c(p))), c(v * stored))
-                self.store_channels(b.fadd(total, shift), data["y"], at, mask)
+                results.append((self.in_order(b.fadd(total, shift)), at))
+            with b.if_else(b.icmp_signed(">=", left, c(stored))) as (whole, part):
+                with whole:
+                    if stored < width:  # never streamed: such vectors are not aligned
+                        self.store_whole(results, data["y"], streamed=False)
+                    else:
+                        with b.if_else(b.icmp_signed("==", mode, c(STREAMED))) as (streamed, cached):
+                            with streamed:
+                                self.store_whole(results, data["y"], streamed=True)
+                            with cached:
+                                self.store_whole(results, data["y"], streamed=False)
+                with part:
+                    self.store_masked(results, data["y"], self.store_mask(left))
 
     @property
     def stored(self):
@@ -274,19 +350,41 @@ class _Emitter:
                                  ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
         return b.icmp_signed("<", lanes_, splat)
 
-    def store_channels(self, value, ptr, index, mask):
-        """Store one vector's channels in order, only the lanes of `mask`: K > 1 lanes are reordered
-        group by group, or their phases added up first."""
-        b, k, g = self.builder, self.spread, self.group
+    def in_order(self, value):
+        """A vector's channels in order in its first lanes: K > 1 lanes reordered group by group, or
+        their phases added up first."""
+        k, g = self.spread, self.group
         if self.phased:
-            value = self.shuffle(self.add_phases(value), [pos * k if pos < g else 0 for pos in range(self.width)])
-        elif k > 1:
-            value = self.shuffle(value, [(pos % g) * k + pos // g if pos < k * g else 0 for pos in range(self.width)])
-        address = b.bitcast(b.gep(ptr, [index]), self.vec.as_pointer())
+            return self.shuffle(self.add_phases(value), [pos * k if pos < g else 0 for pos in range(self.width)])
+        if k > 1:
+            return self.shuffle(value, [(pos % g) * k + pos // g if pos < k * g else 0 for pos in range(self.width)])
+        return value
+
+    def store_whole(self, results, ptr, streamed):
+        """Store the first `stored` lanes of each (value, index) plainly; `streamed`: whole aligned
+        vectors, as non-temporal stores."""
+        b, stored = self.builder, self.stored
+        part = ir.VectorType(self.vec.element, stored)
+        for value, index in results:
+            if stored < self.width:
+                value = b.shuffle_vector(value, ir.Constant(self.vec, ir.Undefined),
+                                         ir.Constant(ir.VectorType(ir.IntType(32), stored), list(range(stored))))
+            address = b.bitcast(b.gep(ptr, [index]), part.as_pointer())
+            if streamed:
+                store = b.store(value, address, align=self.align * self.width)
+                store.set_metadata("nontemporal", b.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+            else:
+                b.store(value, address, align=self.align)
+
+    def store_masked(self, results, ptr, mask):
+        """Store the lanes of `mask` of each (value, index)."""
+        b = self.builder
         store = cgutils.get_or_insert_function(b.module, ir.FunctionType(
             ir.VoidType(), [self.vec, self.vec.as_pointer(), ir.IntType(32), mask.type]),
             f"llvm.masked.store.v{self.width}f{8 * self.align}.p0")
-        b.call(store, [value, address, ir.Constant(ir.IntType(32), self.align), mask])
+        for value, index in results:
+            address = b.bitcast(b.gep(ptr, [index]), self.vec.as_pointer())
+            b.call(store, [value, address, ir.Constant(ir.IntType(32), self.align), mask])
 
     def add_phases(self, value):
         """Lane c * K of the result = the sum of lanes c * K ... c * K + K - 1 (K a power of two:
@@ -301,16 +399,17 @@ class _Emitter:
         return self.builder.shuffle_vector(value, ir.Constant(self.vec, ir.Undefined),
                                            ir.Constant(ir.VectorType(ir.IntType(32), self.width), order))
 
-    def step(self, acc, i, data, x_first, x_step, w_first, n_vec, n_pix):
-        """One reduction element `i` of the current tap into the P x V accumulators `acc`."""
+    def step(self, acc, i, data, x_first, x_step, w_first, n_vec, vs, n_pix):
+        """One reduction element `i` of the current tap into the accumulators acc[p][v], v in `vs` of
+        the n_vec vectors."""
         b, c, width, k = self.builder, self.const, self.width, self.spread
         w_row = b.add(w_first, b.mul(i, c(n_vec * width)))
-        weights = [self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in range(n_vec)]
+        weights = {v: self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in vs}
         x_row = b.add(x_first, b.mul(i, c(1 if k == 1 else k if self.phased else n_vec * k)))
         for p in range(n_pix):
             at = b.add(x_row, b.mul(x_step, c(p)))
             # K = 1: one broadcast serves every vector; else vector v reads its own K inputs.
-            values = [self.load_spread(data["x"], b.add(at, c(v * self.distance)))
-                      for v in range(1 if k == 1 else n_vec)]
-            for v in range(n_vec):
-                b.store(b.call(self.fma, [values[0 if k == 1 else v], weights[v], b.load(acc[p][v])]), acc[p][v])
+            broadcast = self.load_spread(data["x"], at) if k == 1 else None
+            for v in vs:
+                value = broadcast or self.load_spread(data["x"], b.add(at, c(v * self.distance)))
+                b.store(b.call(self.fma, [value, weights[v], b.load(acc[p][v])]), acc[p][v])

@@ -1,0 +1,142 @@
+"""The CPU compile target as LLVM sees it, and the micro-kernel blocking for it: the only place an
+instruction set is named (DESIGN.md §5).
+
+The target is Numba's: `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` when set, else the host. Its vector
+width, register count and FMA are read off the machine code LLVM emits for it (`_PROBE`: one 512-bit
+fused multiply-add and a masked store), so a forced target is described exactly as it is compiled,
+on any machine, and a CPU name LLVM knows needs no list here.
+"""
+import re
+from functools import lru_cache
+from typing import NamedTuple
+
+import llvmlite.binding as llvm
+import numpy as np
+
+CACHE_LINE = 64
+
+# LLVM splits a vector type wider than the registers into several registers, so the micro-kernel's
+# vectors are as wide as the target's. Per register file, what one micro-kernel call holds:
+# - `pixels[V]`: output pixels P per call for V vectors, largest first. P * V accumulators, V weight
+#   vectors and the inputs of one pixel (a broadcast register, or V with several groups per vector)
+#   fit the registers, so the whole reduction runs without a spill; the powers of two below cover
+#   the ends of rows and columns without falling back to one pixel at a time. x86 with 32 registers
+#   (AVX-512): 6 x 4 = 24 accumulators + 4 weights + 1 input. x86 with 16 (AVX2, AVX, SSE): 6 x 2 =
+#   12 accumulators + 2 weights + 1 input, BLIS's 6 x 16 float32 Haswell kernel; without FMA the
+#   product takes the last register. More vectors than these would leave fewer than 4 pixels. One
+#   vector stops at 12 pixels on x86: 16 pixels reading whole input vectors (depthwise) keep 16
+#   addresses, more than the 16 general registers (znver4 reloaded 10 of them per step; 0-2 at 12).
+#   AArch64 (NEON, 32 registers): LLVM schedules the loads of a step early there, so 2 vectors of
+#   packed groups spilled at 12 and 10 pixels (24 or 20 accumulators, 4 inputs, 2 weights), and 3
+#   vectors at 8: 8 and 6 instead.
+# - `sliding`: fewest and most pixels of a sliding-window body, whose accumulators and input windows
+#   take two registers each (at most 8 beside AArch64's spare ones). Without FMA (SSE, AVX) the
+#   4-pixel body, which LLVM unrolls twice, spilled an accumulator in float64: from 5 pixels there.
+# - `spare`: registers left free beside the operands when whole-vector inputs are reduced a few
+#   vectors at a time (`microkernel._Emitter.together`, `.slide`): the early loads' on AArch64, where
+#   4 spare still spilled an accumulator of 5 vectors x 4 pixels.
+# - `chains`: independent accumulators that keep the FMA pipes busy: two pipes of about 4 cycles'
+#   latency on every target seen (Zen 3/4/5, Ice Lake, Neoverse N1, Apple M1: 4 pipes of 3-4 cycles
+#   on M1, where more sets would not fit beside the accumulators anyway).
+class Blocking(NamedTuple):
+    pixels: dict
+    sliding: tuple
+    spare: int
+    chains: int
+
+
+# A unit of whole-vector inputs (depthwise, K = LANES) spans up to this many bytes of channels, however
+# many vectors that takes (4 on AVX-512, 8 on AVX2, 16 on SSE and NEON: 64 float32 channels), reduced
+# a few vectors at a time (`microkernel._Emitter.together`): where a unit holds all the channels, the
+# taps of a stride-1 row continue in x, merge, and slide (`_Emitter.slide`: one load per step).
+WHOLE_VECTOR_BYTES = 256
+
+# (architecture, vector registers, FMA) -> Blocking
+_X86_16 = {1: (12, 8, 4, 2, 1), 2: (6, 4, 2, 1)}
+BLOCKING = {
+    ("x86_64", 32, True): Blocking({1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)},
+                                   (4, 12), 0, 8),
+    ("x86_64", 16, True): Blocking(_X86_16, (4, 6), 0, 8),
+    ("x86_64", 16, False): Blocking(_X86_16, (5, 6), 0, 8),
+    ("aarch64", 32, True): Blocking({1: (16, 8, 4, 2, 1), 2: (8, 4, 2, 1), 3: (6, 4, 2, 1), 4: (6, 4, 2, 1)},
+                                    (4, 8), 8, 8),
+}
+
+# One llvm.fmuladd of 16 float32 lanes (fused where the target has FMA, a multiply and an add where
+# not: never a libm call) and a masked store, the two operations the micro-kernel is made of.
+_PROBE = """
+define void @probe(ptr %a, ptr %b, ptr %c, <16 x i1> %m) {
+  %x = load <16 x float>, ptr %a
+  %y = load <16 x float>, ptr %b
+  %z = load <16 x float>, ptr %c
+  %r = call <16 x float> @llvm.fmuladd.v16f32(<16 x float> %x, <16 x float> %y, <16 x float> %z)
+  call void @llvm.masked.store.v16f32.p0(<16 x float> %r, ptr %c, i32 4, <16 x i1> %m)
+  ret void
+}
+declare <16 x float> @llvm.fmuladd.v16f32(<16 x float>, <16 x float>, <16 x float>)
+declare void @llvm.masked.store.v16f32.p0(<16 x float>, ptr, i32, <16 x i1>)
+"""
+# Register names of the probe's machine code -> vector bytes (AArch64 NEON: q0-q31 / v0.4s...).
+_WIDTHS = ((r"%zmm\d", 64), (r"%ymm\d", 32), (r"%xmm\d|\bq\d+\b|\bv\d+\.", 16))
+_FMA = r"\bv?fmadd\d*[ps]s\b|\bfmla\b|\bfmadd\b"
+
+
+class Target(NamedTuple):
+    """A compile target: CPU name, triple, vector register bytes and count, FMA or not."""
+
+    cpu: str
+    triple: str
+    vector_bytes: int
+    registers: int
+    fma: bool
+
+    def lanes(self, dtype):
+        """Lanes of one vector register of a NumPy or Numba float dtype."""
+        return self.vector_bytes // np.dtype(str(dtype)).itemsize
+
+    @property
+    def blocking(self):
+        """This register file's row of BLOCKING; elsewhere (POWER, RISC-V...: never measured) the 16
+        x 128-bit row, which fits any register file of 16 or more."""
+        return BLOCKING.get((self.triple.split("-")[0], self.registers, self.fma), BLOCKING["x86_64", 16, self.fma])
+
+    @property
+    def max_vectors(self):
+        """Most vectors of one micro-kernel call whose inputs are shared (broadcast)."""
+        return max(self.blocking.pixels)
+
+    @property
+    def whole_vectors(self):
+        """Most vectors of one micro-kernel call of whole-vector inputs."""
+        return max(self.max_vectors, WHOLE_VECTOR_BYTES // self.vector_bytes)
+
+    def pixel_counts(self, vectors):
+        """Pixel counts of the micro-kernel bodies for `vectors` vectors, largest first."""
+        return self.blocking.pixels[min(vectors, self.max_vectors)]
+
+    def describe(self):
+        isa = f"{8 * self.vector_bytes}-bit vectors x {self.registers}, {'FMA' if self.fma else 'no FMA'}"
+        return f"{self.cpu} ({isa})"
+
+
+@lru_cache(maxsize=None)
+def probe(triple, cpu, features=""):
+    """The Target that LLVM makes of (triple, CPU name, feature string)."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    machine = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=2)
+    asm = machine.emit_assembly(llvm.parse_assembly(_PROBE))
+    width = next((size for pattern, size in _WIDTHS if re.search(pattern, asm)), 16)
+    # AVX-512 (masked stores through %k registers) and AArch64 have 32 vector registers, the rest 16.
+    registers = 32 if re.search(r"\{%k\d\}", asm) or triple.startswith("aarch64") else 16
+    return Target(cpu, triple, width, registers, bool(re.search(_FMA, asm)))
+
+
+@lru_cache(maxsize=1)
+def current():
+    """The target Numba compiles for in this process."""
+    from numba.core import codegen, config
+
+    cpu = config.CPU_NAME or llvm.get_host_cpu_name()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    return probe(llvm.get_process_triple(), cpu, features)

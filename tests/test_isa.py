@@ -1,0 +1,208 @@
+"""The CPU kernels on every instruction set (`nbconv.cpu.target`), marked `isa` (`pytest -m isa`).
+
+- The micro-kernel's machine code for AVX-512 (skylake-avx512, znver4), AVX2 (haswell), SSE4.2
+  (x86-64-v2) and NEON (neoverse-n1, apple-m1), compiled here by llvmlite's target machines for every
+  kind of body: in its reduction loops (the innermost loops with FMAs), FMAs (or multiplies and adds
+  without FMA), no vector register spilled or reloaded, and no calls (a libm `fma` per lane)
+  anywhere. General registers reloaded from the stack (addresses, where a body of 12 pixels needs
+  more than x86's 16) are counted, not asserted: a load from L1 beside a dozen others per step.
+- Conformance in child processes, each with its own NUMBA_CPU_NAME and NUMBA_CACHE_DIR: native,
+  x86-64-v3 (AVX2) and x86-64-v2 (SSE4.2) run a compact set of convolutions covering every kernel
+  family, block remainder, dtype and way of storing a result against the NumPy reference, and find no
+  call to fma/fmaf in the machine code of any compiled kernel.
+`python -m tests.test_isa` prints the table of the assembly checks; `python -m tests.test_isa
+conformance` runs the compact set in this process (what the children do).
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.isa
+
+X86, ARM = "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"
+# (triple, CPU) -> what LLVM makes of it: vector bytes, registers, FMA
+TARGETS = {(X86, "skylake-avx512"): (64, 32, True), (X86, "znver4"): (64, 32, True), (X86, "haswell"): (32, 16, True),
+           (X86, "x86-64-v2"): (16, 16, False), (ARM, "neoverse-n1"): (16, 32, True), (ARM, "apple-m1"): (16, 32, True)}
+
+
+def families(target):
+    """Every kind of micro-kernel body for `target`: (dtype, V, K, G, D) of broadcast inputs (K = 1,
+    V = 1 .. the most), packed groups (K = 2, 4 with G channels each), input phases (D > 1) and
+    whole-vector inputs (K = LANES, up to `whole_vectors`, with the sliding window)."""
+    for dtype in ("float32", "float64"):
+        lanes = target.lanes(dtype)
+        for v in range(1, target.max_vectors + 1):
+            yield dtype, v, 1, 1, 1
+        for k in (2, 4):
+            if k < lanes:
+                yield dtype, min(2, target.max_vectors), k, lanes // k, 1
+                yield dtype, 1, k, lanes // k // 2 or 1, 1
+        if lanes > 2:
+            yield dtype, min(2, target.max_vectors), 2, lanes // 2, 4
+        yield dtype, 1, lanes, 1, 1
+        yield dtype, target.whole_vectors, lanes, 1, 1
+
+
+def machine_code(target, family):
+    """Assembly of `microkernel.tile_module` for `family`, optimised as Numba does (O3)."""
+    from nbconv.cpu.microkernel import tile_module
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    machine = llvm.Target.from_triple(target.triple).create_target_machine(cpu=target.cpu, opt=3)
+    module = llvm.parse_assembly(str(tile_module(target, *family)))
+    module.verify()
+    options = llvm.create_pipeline_tuning_options(speed_level=3)
+    passes = llvm.create_pass_builder(machine, options)
+    passes.getModulePassManager().run(module, passes)
+    return machine.emit_assembly(module)
+
+
+_LABEL = re.compile(r"^(\.?L\w+):")
+_BRANCH = re.compile(r"^\s+(?:j\w+|b(?:\.\w+)?|cbn?z\s+\w+,|tbn?z\s+\w+,\s*#\d+,)\s+(\.?L\w+)\s*$")
+_MULTIPLY = re.compile(r"\bv?fmadd\d+[ps][sd]\b|\bfmla\b|\bv?mulp[sd]\b|\bfmul\s+v")
+_STACK = re.compile(r"\(%rsp\)|\[sp\b")
+_VECTOR = re.compile(r"%[xyz]mm\d|\b[qd]\d+\b|\bv\d+\.")
+# A function called (directly, or through a register after movabsq in the large code model).
+_CALLED = re.compile(r"^\s+(?:call\w*|bl|b|jmp\w*|movabsq)\s+\$?([A-Za-z_]\w*)", re.M)
+
+
+def reduction_loops(asm):
+    """The innermost loops (a backward branch whose span holds no other) that multiply: lists of
+    instruction lines."""
+    lines = asm.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := _LABEL.match(line))}
+    spans = [(labels[m.group(1)], j) for j, line in enumerate(lines)
+             if (m := _BRANCH.match(line)) and labels.get(m.group(1), j) < j]
+    inner = [(a, b) for a, b in spans if not any((c, d) != (a, b) and a <= c and d <= b for c, d in spans)]
+    loops = [[line for line in lines[a:b + 1] if line.startswith("\t") and not line.startswith("\t.")]
+             for a, b in inner]
+    return [loop for loop in loops if any(_MULTIPLY.search(line) for line in loop)]
+
+
+def check(target, family):
+    """-> dict: reduction loops, their FMAs, multiplies (without FMA), vector and general registers
+    spilled or reloaded; calls anywhere."""
+    asm = machine_code(target, family)
+    loops = reduction_loops(asm)
+    body = [line for loop in loops for line in loop]
+    return {"loops": len(loops),
+            "fma": sum(bool(re.search(r"\bv?fmadd\d+[ps][sd]\b|\bfmla\b", line)) for line in body),
+            "mul": sum(bool(re.search(r"\bv?mulp[sd]\b|\bfmul\s+v", line)) for line in body),
+            "spills": sum(bool(_STACK.search(line) and _VECTOR.search(line)) for line in body),
+            "gpr": sum(bool(_STACK.search(line) and not _VECTOR.search(line)) for line in body),
+            "calls": _CALLED.findall(asm)}
+
+
+@pytest.mark.parametrize("key", TARGETS, ids=[cpu for _, cpu in TARGETS])
+def test_target_is_read_off_llvm(key):
+    from nbconv.cpu.target import probe
+
+    target = probe(*key)
+    assert (target.vector_bytes, target.registers, target.fma) == TARGETS[key]
+
+
+@pytest.mark.parametrize("key", TARGETS, ids=[cpu for _, cpu in TARGETS])
+def test_reduction_loops_fit_the_registers(key):
+    from nbconv.cpu.target import probe
+
+    target = probe(*key)
+    for family in families(target):
+        found = check(target, family)
+        assert found["loops"] > 0 and found["spills"] == 0 and not found["calls"], (family, found)
+        # with FMA every multiply is fused; without, each is a multiply followed by an add
+        assert (found["fma"] > 0 and found["mul"] == 0) if target.fma else (found["fma"] == 0 and found["mul"] > 0), \
+            (family, found)
+
+
+# The compact set: (dtype, groups, Cin_g, Cout_g, options) through every family the targets pick
+# (K = 1 with 1, 2 and up to 4 vectors and a partial block; packed groups; input phases; depthwise
+# sliding and not; the plain loop nest for 2 channels a group), along rows of 1, 5, 13 and 29
+# pixels (every pixel-block remainder), in both dtypes.
+CONFORMANCE = [
+    ("float32", 1, 3, 5, {"padding": "SAME"}), ("float32", 1, 2, 33, {"stride": (1, 1, 2), "padding": 1}),
+    ("float32", 1, 4, 70, {"rhs_dilation": 2, "padding": "SAME"}), ("float32", 4, 2, 4, {"padding": "SAME"}),
+    ("float32", 8, 8, 8, {"padding": "SAME"}), ("float32", 4, 4, 2, {"lhs_dilation": (1, 1, 2), "padding": 1}),
+    ("float32", 64, 1, 1, {"padding": "SAME"}), ("float32", 64, 1, 1, {"stride": 2, "padding": 1}),
+    ("float32", 2, 3, 2, {"padding": "SAME"}), ("float64", 1, 3, 9, {"padding": "SAME"}),
+    ("float64", 2, 6, 2, {"padding": "SAME"}), ("float64", 32, 1, 1, {"padding": "SAME"}),
+]
+
+
+def conformance():
+    """Runs the compact set against the reference, each convolution with results stored as usual and
+    as large ones are (streamed or prefetched); -> the number of convolutions checked."""
+    import nbconv
+    from nbconv.cpu import blocked
+    from tests.support import assert_conv_close
+
+    checked = 0
+    usual = blocked.PREFETCH_OUT_BYTES
+    for dtype, groups, cin_g, cout_g, options in CONFORMANCE:
+        rng = np.random.default_rng(groups * cout_g)
+        w = rng.standard_normal((3, 2, 3, cin_g, groups * cout_g)).astype(dtype)
+        bias = rng.standard_normal(groups * cout_g).astype(dtype)
+        for width in (1, 5, 13, 29):
+            x = rng.standard_normal((1, 3, 4, width, groups * cin_g)).astype(dtype)
+            for threshold in (usual, 0):
+                blocked.PREFETCH_OUT_BYTES = threshold
+                got = nbconv.conv3d(x, w, groups=groups, bias=bias, backend="cpu", **options)
+                assert_conv_close(got, x, w, groups=groups, bias=bias, **options)
+                checked += 1
+    blocked.PREFETCH_OUT_BYTES = usual
+    return checked
+
+
+def libm_fma_calls():
+    """Calls to fma/fmaf in the machine code of every compiled CPU kernel of nbconv."""
+    from nbconv.cpu import blocked, direct, standardize
+
+    kernels = [blocked._conv_blocked, blocked._gather, blocked._interleave, direct.conv_grouped,
+               standardize.standardize_columns]
+    return [(kernel.__name__, call) for kernel in kernels for asm in kernel.inspect_asm().values()
+            for call in _CALLED.findall(asm) if call in ("fma", "fmaf")]
+
+
+@pytest.mark.parametrize("cpu", ["native", "x86-64-v3", "x86-64-v2"])
+def test_conformance_on_target(cpu, tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NUMBA_CPU")}
+    if cpu != "native":
+        env.update(NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="")
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "tests.test_isa", "conformance"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    print(result.stdout)
+    checked = int(re.search(r"(\d+) convolutions", result.stdout).group(1))
+    assert checked == 8 * len(CONFORMANCE), result.stdout
+
+
+def main(argv):
+    from nbconv.cpu.microkernel import TARGET
+    from nbconv.cpu.target import probe
+
+    if argv[:1] == ["conformance"]:
+        checked = conformance()
+        calls = libm_fma_calls()
+        print(f"{TARGET.describe()}: {checked} convolutions match the reference; libm fma calls: {calls}")
+        return 1 if calls else 0
+    print(f"{'target':<16}{'dtype':<9}{'V K G D':<12}{'loops':>6}{'FMAs':>6}{'muls':>6}{'spills':>7}{'gpr':>5}"
+          f"{'calls':>6}")
+    for key in TARGETS:
+        target = probe(*key)
+        for family in families(target):
+            found = check(target, family)
+            print(f"{key[1]:<16}{family[0]:<9}{' '.join(map(str, family[1:])):<12}{found['loops']:>6}"
+                  f"{found['fma']:>6}{found['mul']:>6}{found['spills']:>7}{found['gpr']:>5}{len(found['calls']):>6}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
