@@ -5,13 +5,15 @@ import sys
 import time
 
 import nbconv
+from nbconv.cpu.microkernel import TARGET
 from nbconv.timing import median_seconds
 from nbconv.workloads import SEED_CASES, load_workloads
 
 
 def run_seed_cases(names=SEED_CASES):
     workloads = load_workloads()
-    print(f"nbconv {nbconv.__version__}, CPU backend, {nbconv.get_num_threads()} threads")
+    print(f"nbconv {nbconv.__version__}, CPU backend, {nbconv.get_num_threads()} threads, "
+          f"compile target {TARGET.describe()}")
     print(f"{'case':<14}{'input':<21}{'output':<22}{'first call':>11}{'median':>10}{'GFLOP/s':>8}"
           f"{'with out=':>11}{'GFLOP/s':>8}")
     for name in names:

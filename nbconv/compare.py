@@ -1,18 +1,21 @@
-"""Peer comparison: nbconv against PyTorch CPU (oneDNN, channels_last_3d) and JAX/XLA, in one process.
+"""Peer comparison: nbconv against PyTorch CPU (oneDNN, channels_last_3d), ONNX Runtime (MLAS), OpenVINO
+(its oneDNN) and JAX/XLA, in one process.
 
-`python -m nbconv bench [--workloads a,b] [--repeats 7] [--json out.json] [--plot out.png]`
+`python -m nbconv bench [--set public|heldout] [--workloads a,b] [--peers torch,onnxruntime,openvino,jax]
+[--repeats 7] [--json out.json] [--plot out.png]`
 Each peer's output is first checked against nbconv's, so the table compares the same computation.
 Peers that are not installed are left out of the table.
 """
 import argparse
 import json
-import platform
 
 import numpy as np
 
 import nbconv
-from nbconv.timing import interleaved_medians, median_seconds
-from nbconv.workloads import load_workloads
+from nbconv.cpu.microkernel import TARGET
+from nbconv.cpu.peak import fma_peak_gflops
+from nbconv.timing import interleaved_medians
+from nbconv.workloads import SETS, load_workloads
 
 
 def nbconv_runner(wl, x, w):
@@ -33,11 +36,7 @@ def torch_runner(wl, x, w, threads):
         pads = [k - 1 - lo for k, (lo, hi) in zip(k_eff, g.pads)]
         if any(lo != hi for lo, hi in g.pads) or min(pads) < 0:
             return None
-        flipped = np.ascontiguousarray(w[::-1, ::-1, ::-1])  # (K, K, K, Cin/g, Cout)
-        cout_g = g.out_channels // g.groups
-        wt = flipped.reshape(*g.kernel, g.in_channels // g.groups, g.groups, cout_g)
-        wt = np.ascontiguousarray(wt.transpose(4, 3, 5, 0, 1, 2).reshape(g.in_channels, cout_g, *g.kernel))
-        wt = torch.from_numpy(wt)
+        wt = torch.from_numpy(transposed_weights(g, w))
         return lambda: F.conv_transpose3d(xt, wt, stride=g.lhs_dilation, padding=pads, groups=g.groups,
                                           dilation=g.rhs_dilation).permute(0, 2, 3, 4, 1)
     wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 0, 1, 2, 3))).permute(0, 4, 1, 2, 3)
@@ -49,6 +48,81 @@ def torch_runner(wl, x, w, threads):
         xi = xt if symmetric else F.pad(xt, torch_pads)
         return F.conv3d(xi, wt, stride=g.stride, padding=padding, dilation=g.rhs_dilation,
                         groups=g.groups).permute(0, 2, 3, 4, 1)
+    return run
+
+
+def transposed_weights(g, w):
+    """w (DHWIO) as the weights of the transposed convolution that computes input dilation:
+    (Cin, Cout / groups, KD, KH, KW), spatially flipped."""
+    cout_g = g.out_channels // g.groups
+    flipped = w[::-1, ::-1, ::-1].reshape(*g.kernel, g.in_channels // g.groups, g.groups, cout_g)
+    return np.ascontiguousarray(flipped.transpose(4, 3, 5, 0, 1, 2).reshape(g.in_channels, cout_g, *g.kernel))
+
+
+def onnx_model(wl, w):
+    """An ONNX graph of the workload's convolution in its native NCDHW layout, w as an initializer:
+    Conv, or for input dilation ConvTranspose (stride = lhs_dilation, flipped kernel, as for torch).
+    None where ONNX has no such operator (negative or, transposed, too large pads) or no float64 Conv."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = wl.geometry
+    if wl.dtype != "float32" or min(p for pair in g.pads for p in pair) < 0:
+        return None
+    k_eff = [(k - 1) * r + 1 for k, r in zip(g.kernel, g.rhs_dilation)]
+    if max(g.lhs_dilation) > 1:
+        if max(g.stride) > 1 or any(max(pair) > k - 1 for pair, k in zip(g.pads, k_eff)):
+            return None
+        weights = transposed_weights(g, w)
+        pads = [k - 1 - lo for k, (lo, _) in zip(k_eff, g.pads)] + [k - 1 - hi for k, (_, hi) in zip(k_eff, g.pads)]
+        node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=list(g.lhs_dilation), pads=pads,
+                                dilations=list(g.rhs_dilation), group=g.groups)
+    else:
+        weights = w.transpose(4, 3, 0, 1, 2)
+        pads = [lo for lo, _ in g.pads] + [hi for _, hi in g.pads]
+        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(g.stride), pads=pads,
+                                dilations=list(g.rhs_dilation), group=g.groups)
+    n, *spatial, cin = wl.x_shape
+    graph = helper.make_graph(
+        [node], wl.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, cin, *spatial])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ascontiguousarray(weights), "w")])
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def onnxruntime_runner(wl, x, w, threads):
+    """ONNX Runtime's CPU provider on x in NCDHW (the transposes are not timed)."""
+    import onnxruntime
+
+    model = onnx_model(wl, w)
+    if model is None:
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # Its threads would otherwise spin after each run, on the cores the next runner timed needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    xn = np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))
+    return lambda: session.run(None, {"x": xn})[0].transpose(0, 2, 3, 4, 1)
+
+
+def openvino_runner(wl, x, w, threads):
+    """OpenVINO's CPU plugin on the same ONNX graph, held to float32 arithmetic (it would pick bf16 on
+    CPUs that have it), x in NCDHW."""
+    import openvino
+
+    model = onnx_model(wl, w)
+    if model is None:
+        return None
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    xn = np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))
+
+    def run():
+        request.infer([xn], share_inputs=True)
+        return request.get_output_tensor(0).data.transpose(0, 2, 3, 4, 1)
     return run
 
 
@@ -64,34 +138,26 @@ def jax_runner(wl, x, w):
     return lambda: conv(xj, wj).block_until_ready()
 
 
-def peers(threads):
-    """name -> factory(wl, x, w) for the peers importable here."""
+# name -> (module to import, factory(wl, x, w, threads))
+PEERS = {
+    "torch": ("torch", torch_runner),
+    "onnxruntime": ("onnxruntime", onnxruntime_runner),
+    "openvino": ("openvino", openvino_runner),
+    "jax": ("jax", lambda wl, x, w, threads: jax_runner(wl, x, w)),
+}
+
+
+def peers(threads, names=None):
+    """name -> factory(wl, x, w) for the peers (of `names`, default all) importable here."""
     found = {}
-    try:
-        import torch  # noqa: F401
-        found["torch"] = lambda wl, x, w: torch_runner(wl, x, w, threads)
-    except ImportError:
-        pass
-    try:
-        import jax  # noqa: F401
-        found["jax"] = jax_runner
-    except ImportError:
-        pass
+    for name in names or PEERS:
+        module, factory = PEERS[name]
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        found[name] = lambda wl, x, w, factory=factory: factory(wl, x, w, threads)
     return found
-
-
-def sgemm_gflops(threads):
-    """The machine's practical peak: a 2048^3 float32 matrix product (PyTorch's MKL when present)."""
-    n = 2048
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    try:
-        import torch
-        torch.set_num_threads(threads)
-        ta = torch.from_numpy(a)
-        seconds = median_seconds(lambda: ta @ ta)
-    except ImportError:
-        seconds = median_seconds(lambda: a @ a)
-    return 2 * n**3 / seconds / 1e9
 
 
 def measure(wl, factories, repeats):
@@ -114,14 +180,14 @@ def measure(wl, factories, repeats):
     return row
 
 
-def format_table(rows, peer_names, peak):
-    head = f"{'workload':<15}{'GFLOP':>7}{'nbconv':>9}" + "".join(f"{p:>9}" for p in peer_names)
-    head += "".join(f"{'/' + p:>9}" for p in peer_names)
-    lines = [f"GFLOP/s, medians; '/peer' = nbconv speed / peer speed. sgemm peak: {peak:.0f} GFLOP/s", head]
+def format_table(rows, peer_names):
+    head = f"{'workload':<15}{'GFLOP':>7}{'nbconv':>9}" + "".join(f"{p[:11]:>12}" for p in peer_names)
+    head += "".join(f"{'/' + p[:11]:>13}" for p in peer_names)
+    lines = ["GFLOP/s, medians; '/peer' = nbconv speed / peer speed ('-': the peer has no such convolution)", head]
     for row in rows:
         cells = f"{row['workload']:<15}{row['gflop']:>7.2f}{row['nbconv']:>9.1f}"
-        cells += "".join(f"{row[p]:>9.1f}" if p in row else f"{'-':>9}" for p in peer_names)
-        cells += "".join(f"{row['nbconv'] / row[p]:>8.2f}x" if p in row else f"{'-':>9}" for p in peer_names)
+        cells += "".join(f"{row[p]:>12.1f}" if p in row else f"{'-':>12}" for p in peer_names)
+        cells += "".join(f"{row['nbconv'] / row[p]:>12.2f}x" if p in row else f"{'-':>13}" for p in peer_names)
         lines.append(cells)
     return "\n".join(lines)
 
@@ -146,23 +212,28 @@ def plot(rows, peer_names, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m nbconv bench", description=__doc__)
-    parser.add_argument("--workloads", help="comma-separated names (default: all)")
+    parser.add_argument("--set", default="public", choices=list(SETS),
+                        help="public: workloads.json; heldout: shapes nothing is tuned for")
+    parser.add_argument("--workloads", help="comma-separated names (default: all of the set)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=nbconv.get_num_threads())
+    parser.add_argument("--peers", help=f"comma-separated peers (default: those installed of {','.join(PEERS)})")
     parser.add_argument("--json", help="write the rows to this JSON file")
     parser.add_argument("--plot", help="write a bar chart to this PNG file (needs matplotlib)")
     args = parser.parse_args(argv)
     nbconv.set_num_threads(args.threads)
-    workloads = load_workloads()
+    workloads = load_workloads(args.set)
     names = args.workloads.split(",") if args.workloads else list(workloads)
-    factories = peers(args.threads)
-    peak = sgemm_gflops(args.threads)
+    factories = peers(args.threads, args.peers.split(",") if args.peers else None)
+    peak = fma_peak_gflops(args.threads)
     rows = [measure(workloads[name], factories, args.repeats) for name in names]
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, nbconv {nbconv.__version__}")
-    print(format_table(rows, list(factories), peak))
+    print(f"nbconv {nbconv.__version__}, {args.threads} threads; compile target {TARGET.describe()}; "
+          f"peak {peak:.0f} GFLOP/s float32 (register-only multiply-add loop, nbconv.cpu.peak)")
+    print(format_table(rows, list(factories)))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sgemm_gflops": peak, "threads": args.threads, "rows": rows}, f, indent=1)
+            json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "rows": rows},
+                      f, indent=1)
     if args.plot:
         plot(rows, list(factories), args.plot)
     return 0

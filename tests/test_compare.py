@@ -1,0 +1,41 @@
+"""The peers of `python -m nbconv bench` compute the workload's convolution: ONNX Runtime and OpenVINO
+on the same ONNX graph (Conv, or ConvTranspose for input dilation) in their NCDHW layout, against the
+NumPy reference, on small shapes of every kind the workload sets hold; the FMA peak is a number."""
+import numpy as np
+import pytest
+
+from nbconv import compare
+from nbconv.workloads import Workload
+from tests.support import assert_conv_close
+
+SMALL = [
+    Workload("dense", 2, (4, 6, 7, 5), 8, 3, 1, "SAME", 1, 1, 1, "float32"),
+    Workload("strided", 1, (5, 7, 6, 1), 16, 3, 2, "VALID", 1, 1, 1, "float32"),
+    Workload("grouped", 1, (4, 5, 6, 8), 8, 3, 1, "SAME", 1, 1, 4, "float32"),
+    Workload("depthwise", 1, (4, 5, 6, 6), 6, 3, 1, "SAME", 2, 1, 6, "float32"),
+    Workload("lhs_dilated", 1, (3, 4, 5, 4), 4, 3, 1, 1, 1, 2, 2, "float32"),
+    Workload("even_kernel", 1, (4, 6, 6, 3), 4, 2, 1, "SAME", 1, 1, 1, "float32"),
+]
+
+
+@pytest.mark.parametrize("peer", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("wl", SMALL, ids=[wl.name for wl in SMALL])
+def test_peer_computes_the_convolution(peer, wl):
+    x, w = wl.arrays()
+    run = compare.PEERS[peer][1](wl, x, w, 1)
+    assert_conv_close(np.asarray(run()), x, w, **wl.options)
+
+
+def test_no_onnx_graph_where_onnx_has_no_operator():
+    """float64 (no double Conv in the peers' CPU kernels) and negative pads are left out."""
+    f64 = Workload("f64", 1, (4, 4, 4, 2), 2, 3, 1, "SAME", 1, 1, 1, "float64")
+    cropped = Workload("cropped", 1, (6, 6, 6, 2), 2, 3, 1, ((-1, 0), (0, 0), (0, 0)), 1, 1, 1, "float32")
+    assert compare.onnx_model(f64, f64.arrays()[1]) is None
+    assert compare.onnx_model(cropped, cropped.arrays()[1]) is None
+
+
+def test_fma_peak_is_measured():
+    from nbconv.cpu.peak import fma_peak_gflops
+
+    peak = fma_peak_gflops(1, seconds=0.02)
+    assert 0.5 < peak < 1e4
