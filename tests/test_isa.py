@@ -108,6 +108,14 @@ def test_target_is_read_off_llvm(key):
     assert (target.vector_bytes, target.registers, target.fma) == TARGETS[key]
 
 
+def test_apple_triples_get_the_aarch64_blocking():
+    """macOS names the architecture arm64; its blocking is AArch64's, not the 16-register fallback."""
+    from nbconv.cpu.target import BLOCKING, probe
+
+    target = probe("arm64-apple-darwin23.0.0", "apple-m1")
+    assert target.registers == 32 and target.blocking is BLOCKING["aarch64", 32, True]
+
+
 @pytest.mark.parametrize("key", TARGETS, ids=[cpu for _, cpu in TARGETS])
 def test_reduction_loops_fit_the_registers(key):
     from nbconv.cpu.target import probe

@@ -98,7 +98,13 @@ class Target(NamedTuple):
     def blocking(self):
         """This register file's row of BLOCKING; elsewhere (POWER, RISC-V...: never measured) the 16
         x 128-bit row, which fits any register file of 16 or more."""
-        return BLOCKING.get((self.triple.split("-")[0], self.registers, self.fma), BLOCKING["x86_64", 16, self.fma])
+        return BLOCKING.get((self.arch, self.registers, self.fma), BLOCKING["x86_64", 16, self.fma])
+
+    @property
+    def arch(self):
+        """The triple's architecture, Apple's `arm64` named `aarch64` as elsewhere."""
+        arch = self.triple.split("-")[0]
+        return "aarch64" if arch == "arm64" else arch
 
     @property
     def max_vectors(self):
@@ -128,7 +134,7 @@ def probe(triple, cpu, features=""):
     asm = machine.emit_assembly(llvm.parse_assembly(_PROBE))
     width = next((size for pattern, size in _WIDTHS if re.search(pattern, asm)), 16)
     # AVX-512 (masked stores through %k registers) and AArch64 have 32 vector registers, the rest 16.
-    registers = 32 if re.search(r"\{%k\d\}", asm) or triple.startswith("aarch64") else 16
+    registers = 32 if re.search(r"\{%k\d\}", asm) or triple.startswith(("aarch64", "arm64")) else 16
     return Target(cpu, triple, width, registers, bool(re.search(_FMA, asm)))
 
 
