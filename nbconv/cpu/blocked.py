@@ -71,8 +71,7 @@ def _store_mode(out, blocking):
     whole vectors (blocks and vectors then follow at multiples of it)."""
     if out.nbytes < PREFETCH_OUT_BYTES:
         return CACHED
-    vector = lanes(out.dtype) * out.itemsize
-    unit_bytes = out.shape[-1] // blocking.units * out.itemsize
+    vector, unit_bytes = TARGET.vector_bytes, out.shape[-1] // blocking.units * out.itemsize
     aligned = out.__array_interface__["data"][0] % vector == 0 and unit_bytes % vector == 0
     return STREAMED if aligned else PREFETCHED
 
