@@ -52,10 +52,9 @@ def families(target):
 def machine_code(target, family):
     """Assembly of `microkernel.tile_module` for `family`, optimised as Numba does (O3)."""
     from nbconv.cpu.microkernel import tile_module
+    from nbconv.cpu.target import target_machine
 
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    machine = llvm.Target.from_triple(target.triple).create_target_machine(cpu=target.cpu, opt=3)
+    machine = target_machine(target.triple, target.cpu)
     module = llvm.parse_assembly(str(tile_module(target, *family)))
     module.verify()
     options = llvm.create_pipeline_tuning_options(speed_level=3)

@@ -126,6 +126,18 @@ def tile_module(target, dtype, n_vec, spread, group, distance):
 _ELEMENTS = {4: ir.FloatType(), 8: ir.DoubleType()}
 
 
+def splat(builder, vec, value):
+    """`value` in every lane of the vector type `vec`."""
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count))
+
+
+def _vector_groups(n_vec, together):
+    """The vector indices 0 .. n_vec - 1 in runs of `together`."""
+    return [range(first, min(n_vec, first + together)) for first in range(0, n_vec, together)]
+
+
 class _Emitter:
     """IR for one (V, P) body: accumulate over the taps, then add the bias and store."""
 
@@ -217,9 +229,7 @@ class _Emitter:
         """acc[set][p][v] += the taps' products, reduction steps dealt to the accumulator sets in turn."""
         b, c, sets = self.builder, self.const, len(acc)
         x_base, x_step = x_at
-        together = self.together(n_vec, n_pix)
-        for first_v in range(0, n_vec, together):
-            vs = range(first_v, min(n_vec, first_v + together))
+        for vs in _vector_groups(n_vec, self.together(n_vec, n_pix)):
             with cgutils.for_range(b, n_taps) as tap:
                 x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
                 with b.if_then(b.icmp_signed(">=", length, c(PREFETCH_STEPS))):
@@ -284,9 +294,7 @@ class _Emitter:
         windows and weights in registers."""
         b, c, width, k = self.builder, self.const, self.width, self.spread
         window = [[cgutils.alloca_once(b, self.vec) for _ in range(n_vec)] for _ in range(n_pix)]
-        together = max(1, self.free_registers // (2 * n_pix + 1))
-        for first_v in range(0, n_vec, together):
-            vs = range(first_v, min(n_vec, first_v + together))
+        for vs in _vector_groups(n_vec, max(1, self.free_registers // (2 * n_pix + 1))):
             with cgutils.for_range(b, n_taps) as tap:
                 x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
                 for p in range(n_pix - 1):
@@ -345,10 +353,7 @@ class _Emitter:
         b, width = self.builder, self.width
         limit = b.select(b.icmp_signed("<", left, self.const(self.stored)), left, self.const(self.stored))
         lanes_ = ir.Constant(ir.VectorType(ir.IntType(64), width), list(range(width)))
-        splat = b.shuffle_vector(b.insert_element(ir.Constant(lanes_.type, ir.Undefined), limit, self.const(0)),
-                                 ir.Constant(lanes_.type, ir.Undefined),
-                                 ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
-        return b.icmp_signed("<", lanes_, splat)
+        return b.icmp_signed("<", lanes_, splat(b, lanes_.type, limit))
 
     def in_order(self, value):
         """A vector's channels in order in its first lanes: K > 1 lanes reordered group by group, or

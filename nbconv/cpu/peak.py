@@ -10,7 +10,7 @@ from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from nbconv.cpu.microkernel import TARGET
+from nbconv.cpu.microkernel import TARGET, splat
 
 # Independent accumulators: more than the pipes x latency the micro-kernel assumes
 # (`target.Blocking.chains`), fewer than 16 registers with the two operands.
@@ -28,11 +28,11 @@ def _fma_chains(typingctx, steps, scale, shift):
         vec = ir.VectorType(m.type, lanes)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
                                              f"llvm.fmuladd.v{lanes}f{scale.bitwidth}")
-        splat = [_vector(builder, vec, value) for value in (m, a)]
-        acc = [cgutils.alloca_once_value(builder, _vector(builder, vec, a)) for _ in range(CHAINS)]
+        operands = [splat(builder, vec, value) for value in (m, a)]
+        acc = [cgutils.alloca_once_value(builder, splat(builder, vec, a)) for _ in range(CHAINS)]
         with cgutils.for_range(builder, n):
             for slot in acc:
-                builder.store(builder.call(fma, [builder.load(slot), *splat]), slot)
+                builder.store(builder.call(fma, [builder.load(slot), *operands]), slot)
         total = ir.Constant(m.type, 0.0)
         for slot in acc:
             total = builder.fadd(total, builder.extract_element(builder.load(slot), ir.Constant(ir.IntType(32), 0)))
@@ -40,12 +40,6 @@ def _fma_chains(typingctx, steps, scale, shift):
 
     return scale(steps, scale, shift), codegen
 
-
-def _vector(builder, vec, value):
-    """`value` in every lane of `vec`."""
-    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count))
 
 
 @njit(parallel=True, cache=True)

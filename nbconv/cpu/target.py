@@ -125,13 +125,17 @@ class Target(NamedTuple):
         return f"{self.cpu} ({isa})"
 
 
+def target_machine(triple, cpu, features=""):
+    """llvmlite's target machine for (triple, CPU name, feature string), optimising as Numba does."""
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    return llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=3)
+
+
 @lru_cache(maxsize=None)
 def probe(triple, cpu, features=""):
     """The Target that LLVM makes of (triple, CPU name, feature string)."""
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    machine = llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=2)
-    asm = machine.emit_assembly(llvm.parse_assembly(_PROBE))
+    asm = target_machine(triple, cpu, features).emit_assembly(llvm.parse_assembly(_PROBE))
     width = next((size for pattern, size in _WIDTHS if re.search(pattern, asm)), 16)
     # AVX-512 (masked stores through %k registers) and AArch64 have 32 vector registers, the rest 16.
     registers = 32 if re.search(r"\{%k\d\}", asm) or triple.startswith(("aarch64", "arm64")) else 16
