@@ -28,10 +28,11 @@ from math import gcd, prod
 from typing import NamedTuple
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import carray, cfunc, from_dtype, get_num_threads, njit, prange, types
 
 from nbconv import buffers
 from nbconv.config import CACHE
+from nbconv.cpu import launch
 from nbconv.cpu.microkernel import (CACHED, PREFETCHED, STREAMED, TARGET, fma_tile, lanes, pixel_block,
                                     store_fence)
 from nbconv.cpu.tasks import claim
@@ -61,8 +62,8 @@ def conv3d(x, w, bias, geometry, tables, out):
     blocking, weight_index, bias_index = _packing(geometry, x.dtype)
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
-    _conv_blocked(inputs, weights, _gather(bias, bias_index), *tables, out, _store_mode(out, blocking),
-                  get_num_threads(), *blocking.steps, *blocking.shape)
+    _conv_blocked(inputs, weights, _gather(bias, bias_index), tables, out, _store_mode(out, blocking),
+                  *blocking.steps, blocking.shape)
 
 
 def _store_mode(out, blocking):
@@ -196,36 +197,61 @@ def _interleave(x, out):
                     out[p, u, i, j] = x[p, u, j, i]
 
 
-@njit(parallel=True, error_model="numpy", cache=CACHE)
-def _conv_blocked(x, packed, bias, idx_d, idx_h, idx_w, out, mode, threads, q, x_step, vectors, spread, group,
-                  phased):
-    """BAND output rows (n, od, oh...) per task, the tasks claimed by the `threads` as they go
-    (`tasks.claim`); see `_band`."""
+def _conv_blocked(x, packed, bias, tables, out, mode, q, x_step, shape):
+    """BAND output rows (n, od, oh...) per task, the tasks claimed by the threads as they go
+    (`tasks.claim`); see `_band`. The family's entry point (`_entry`) runs on every thread."""
     n_batch, n_od, n_oh, n_ow, cout = out.shape
-    n_taps, cin_g, width = packed.shape[2:]
-    strides = (x.shape[1] * x.shape[2] * x.shape[3] * x.shape[4], x.shape[2] * x.shape[3] * x.shape[4],
-               x.shape[3] * x.shape[4], x.shape[4])
+    vectors, spread, group, phased = shape
     # How far x advances per reduction element (the micro-kernel's S).
     element = 1 if len(spread) == 1 else len(spread) if len(phased) > 1 else len(vectors) * len(spread)
-    # Flat views made once: array views made inside the loop cost atomic reference counts, which
-    # the two threads contend for.
-    arrays = (x.reshape(-1), packed.reshape(-1), bias.reshape(-1), out.reshape(-1))
     bands = -(-n_oh // BAND)
     n_tasks = n_batch * n_od * bands
-    workers = min(threads, n_tasks)
+    workers = min(get_num_threads(), n_tasks)
+    # Everything `_work` needs besides the arrays' data, in the order it unpacks them.
+    sizes = (*x.shape[1:], *packed.shape, *(n for table in tables for n in table.shape))
+    meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, mode, bias.size, *sizes),
+                    np.int64)
     counter = np.zeros(1, np.int64)
-    for _ in prange(workers):
-        _work(counter, (n_tasks, workers, n_od, bands, n_oh, n_ow, cout, strides, element), arrays,
-              (idx_d, idx_h, idx_w), packed.shape, x.shape[4], q, x_step, mode, vectors, spread, group, phased)
+    launch.run(_entry(shape, x.dtype).address, workers, (x, packed, bias, out, *tables, counter, meta))
 
 
-@njit(error_model="numpy", cache=CACHE)
-def _work(counter, tasks, arrays, tables, packed_shape, cin, q, x_step, mode, vectors, spread, group, phased):
-    """One thread's share: runs of tasks claimed from `counter` until none are left. A function of its
-    own, not inlined into the parallel loop: Numba's parallel passes then see only this call, which
-    took 1.4 s off the cold compile of a kernel family (dense_c64: 6.8 -> 5.2 s) at 0-2% of speed."""
-    n_tasks, workers, n_od, bands, n_oh, n_ow, cout, strides, element = tasks
-    n_taps, cin_g, width = packed_shape[2:]
+def _entry(shape, dtype):
+    """The compiled entry point of one kernel family: a C function of the data pointers of (x, packed,
+    bias, out, idx_d, idx_h, idx_w, counter, meta), so that one parallel loop, compiled once
+    (`launch.run`), runs every family. The family, (V, K, G, D) as tuples of zeros, is a constant of
+    the entry (Numba's cache tells the entries apart by it). Compiled (or loaded) once per process."""
+    if (shape, dtype) in ENTRIES:
+        return ENTRIES[shape, dtype]
+    vectors, spread, group, phased = shape
+    values, integers = types.CPointer(from_dtype(dtype)), types.CPointer(types.int64)
+
+    def entry(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta):
+        _work(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta, vectors, spread, group, phased)
+    ENTRIES[shape, dtype] = cfunc(types.void(*[values] * 4, *[integers] * 5), error_model="numpy", cache=CACHE)(entry)
+    return ENTRIES[shape, dtype]
+
+
+# (family shape, dtype) -> compiled entry (`_entry`)
+ENTRIES = {}
+
+
+@njit(inline="always")
+def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr, vectors, spread, group,
+          phased):
+    """One thread's share: runs of tasks claimed from the counter until none are left. The arrays
+    are rebuilt from their data pointers and `meta` (`_conv_blocked`) as flat views, made once: views
+    made inside the loop would cost atomic reference counts, which the threads contend for."""
+    meta = carray(meta_ptr, (_META,))
+    n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, mode, n_bias = meta[:12]
+    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[12:]
+    n_batch = n_tasks // (n_od * bands)
+    strides = (d * h * w * cin, h * w * cin, w * cin, cin)
+    counter = carray(counter_ptr, (1,))
+    arrays = (carray(x_ptr, (n_batch * d * h * w * cin,)),
+              carray(packed_ptr, (units * blocks * n_taps * cin_g * width,)),
+              carray(bias_ptr, (n_bias,)), carray(out_ptr, (n_batch * n_od * n_oh * n_ow * cout,)))
+    tables = (carray(d_ptr, (od_rows, kd)), carray(h_ptr, (oh_rows, kh)), carray(w_ptr, (ow_rows, kw)))
+    packed_shape = (units, blocks, n_taps, cin_g, width)
     taps = np.empty((n_taps, 3), np.int64)
     tap_args = (taps, tables[0], tables[1], tables[2], strides, cin_g, width, element)
     first, last = claim(counter, 0, n_tasks, workers)
@@ -235,6 +261,12 @@ def _work(counter, tasks, arrays, tables, packed_shape, cin, q, x_step, mode, ve
             _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), q, (x_step * strides[3], q * cout), n_ow * cout,
                   arrays, packed_shape, (cin, cout), vectors, spread, group, phased, mode)
         first, last = claim(counter, last, n_tasks, workers)
+    if mode == STREAMED:  # this thread's non-temporal stores, visible before the call returns
+        store_fence()
+
+
+# meta's length: 12 values, x's sizes after N, packed's 5, the 3 tables' 2 each
+_META = 12 + 4 + 5 + 6
 
 
 @njit(inline="always")
@@ -263,7 +295,7 @@ def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out,
             j = end
 
 
-@njit(inline="always")
+@njit(error_model="numpy", cache=CACHE)
 def _plan(tap_args, run, i, rows, count, w_steps, y_row):
     """The micro-kernel lines for a run of `count` pixels along W, from row `i` of the band through
     the rows after it with the same taps (one tap list serves them all, each row reading
@@ -286,7 +318,7 @@ def _plan(tap_args, run, i, rows, count, w_steps, y_row):
     return used, count, first, end - i, (h_step, y_row, w_steps[0], w_steps[1]), end
 
 
-@njit(inline="always")
+@njit(error_model="numpy", cache=CACHE)
 def _row_step(idx_h, oh):
     """How far apart in x (in input rows) rows oh and oh + 1 read, given that they use the same taps
     (0 when they use none)."""
@@ -325,7 +357,7 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, mod
                 p += pixels
 
 
-@njit(inline="always")
+@njit(error_model="numpy", cache=CACHE)
 def _same_taps(idx, a, b):
     """Whether output positions a and b of one axis use the same kernel taps."""
     for k in range(idx.shape[1]):
@@ -334,7 +366,7 @@ def _same_taps(idx, a, b):
     return True
 
 
-@njit(inline="always")
+@njit(error_model="numpy", cache=CACHE)
 def _tap_list(taps, idx_d, idx_h, idx_w, pixel, strides, cin_g, width, element):
     """Fill taps[:count] with (x offset, packed-weight offset, length) of every valid tap for the
     output pixel (od, oh, ow), merging a tap into the previous one where both offsets continue

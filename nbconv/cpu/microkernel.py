@@ -133,11 +133,6 @@ def splat(builder, vec, value):
                                   ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count))
 
 
-def _vector_groups(n_vec, together):
-    """The vector indices 0 .. n_vec - 1 in runs of `together`."""
-    return [range(first, min(n_vec, first + together)) for first in range(0, n_vec, together)]
-
-
 class _Emitter:
     """IR for one (V, P) body: accumulate over the taps, then add the bias and store."""
 
@@ -186,38 +181,57 @@ class _Emitter:
 
     def body(self, n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base):
         b, c = self.builder, self.const
-        x_base, x_step = x_at
-        together = self.together(n_vec, n_pix)
-        # An FMA waits ~4 cycles for its accumulator and two issue per cycle, so 8 independent chains
-        # keep the pipes full; small blocks (row ends) get extra accumulator sets, used in turn by
-        # consecutive reduction steps and summed at the end.
-        sets = max(1, self.blocking.chains // (n_pix * together))
-        acc = [[[cgutils.alloca_once_value(b, ir.Constant(self.vec, None)) for _ in range(n_vec)]
-                for _ in range(n_pix)] for _ in range(sets)]
         with b.if_then(b.icmp_signed("==", y_at[3], c(PREFETCHED))):
             self.prefetch_out(data["y"], y_at, n_vec, n_pix)
+        operands = (n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base)
         fewest, most = self.blocking.sliding
         if self.spread == self.width and not self.phased and fewest <= n_pix <= most:
             # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
-            slides = b.icmp_signed("==", x_step, c(n_vec * self.spread))
+            slides = b.icmp_signed("==", x_at[1], c(n_vec * self.spread))
             with b.if_else(slides) as (window, plain):
                 with window:
-                    self.slide(acc[0], n_vec, n_pix, data, taps, n_taps, x_base, w_base)
+                    self.chunks(self.slide, self.together(n_vec, 2 * n_pix + 1), *operands)
                 with plain:
-                    self.accumulate(acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base)
+                    self.chunks(self.accumulate, self.together(n_vec, n_pix + 1), *operands)
         else:
-            self.accumulate(acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base)
-        self.store(acc, n_vec, n_pix, data, y_at, bias_base)
+            self.chunks(self.accumulate, self.together(n_vec, n_pix + 1), *operands)
 
-    def together(self, n_vec, n_pix):
-        """Vectors reduced together: all of them where they share their inputs. Vectors of whole-vector
-        inputs (K = LANES) are independent, and a unit may have more of them than the registers hold
-        at P pixels (a depthwise unit spans up to `target.WHOLE_VECTOR_BYTES` of channels, so that its
-        taps merge and slide): they are reduced a few at a time, each with P accumulators and its
-        weight vector in registers beside one input (and, without FMA, the product)."""
+    def chunks(self, reduce, size, n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base):
+        """The n_vec vectors `size` at a time, in a loop (one pass where size = n_vec): reduce the taps
+        into P x size accumulators, then store them. Every pass is the same code at other offsets, so
+        a depthwise unit of 8 vectors costs the compiler one pass, not one per vector group."""
+        b, c = self.builder, self.const
+        # An FMA waits ~4 cycles for its accumulator and two issue per cycle, so 8 independent chains
+        # keep the pipes full; small blocks (row ends) get extra accumulator sets, used in turn by
+        # consecutive reduction steps and summed at the end (the sliding window uses one).
+        sets = 1 if reduce == self.slide else max(1, self.blocking.chains // (n_pix * size))
+        acc = [[[cgutils.alloca_once(b, self.vec) for _ in range(size)] for _ in range(n_pix)] for _ in range(sets)]
+        x_base, x_step = x_at
+        y_base, y_step, channels, mode = y_at
+        with cgutils.for_range(b, c(n_vec // size)) as chunk:
+            first = b.mul(chunk.index, c(size))
+            for slot in (slot for rows in acc for row in rows for slot in row):
+                b.store(ir.Constant(self.vec, None), slot)
+            # Vector v's inputs are v * distance further in x (K = 1: shared), its weights and bias
+            # v * LANES further, its channels v * stored further in y.
+            x_first = b.add(x_base, b.mul(first, c(self.distance if self.spread > 1 else 0)))
+            w_first = b.add(w_base, b.mul(first, c(self.width)))
+            reduce(acc, n_vec, range(size), n_pix, data, taps, n_taps, (x_first, x_step), w_first)
+            skipped = b.mul(first, c(self.stored))
+            y_first = (b.add(y_base, skipped), y_step, b.sub(channels, skipped), mode)
+            self.store(acc, size, n_pix, data, y_first, b.add(bias_base, b.mul(first, c(self.width))))
+
+    def together(self, n_vec, per_vector):
+        """Vectors reduced in one pass: all of them where they share their inputs. Vectors of
+        whole-vector inputs (K = LANES) are independent, and a unit may have more of them than the
+        registers hold at P pixels (a depthwise unit spans up to `target.WHOLE_VECTOR_BYTES` of
+        channels, so that its taps merge and slide): as many as leave `per_vector` registers to each
+        (P accumulators and a weight; a sliding window P more) beside one input (and, without FMA, the
+        product), and divide n_vec."""
         if self.spread < self.width or self.phased:
             return n_vec
-        return max(1, min(n_vec, self.free_registers // (n_pix + 1)))
+        most = max(1, min(n_vec, self.free_registers // per_vector))
+        return max(size for size in range(1, most + 1) if n_vec % size == 0)
 
     @property
     def free_registers(self):
@@ -225,22 +239,22 @@ class _Emitter:
         FMA, the product) and the target's spare ones."""
         return self.target.registers - (1 if self.target.fma else 2) - self.blocking.spare
 
-    def accumulate(self, acc, n_vec, n_pix, data, taps, n_taps, x_at, w_base):
-        """acc[set][p][v] += the taps' products, reduction steps dealt to the accumulator sets in turn."""
+    def accumulate(self, acc, n_vec, vs, n_pix, data, taps, n_taps, x_at, w_base):
+        """acc[set][p][v] += the taps' products for the vectors `vs` of n_vec (offsets from x_at and
+        w_base), reduction steps dealt to the accumulator sets in turn."""
         b, c, sets = self.builder, self.const, len(acc)
         x_base, x_step = x_at
-        for vs in _vector_groups(n_vec, self.together(n_vec, n_pix)):
-            with cgutils.for_range(b, n_taps) as tap:
-                x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
-                with b.if_then(b.icmp_signed(">=", length, c(PREFETCH_STEPS))):
-                    self.prefetch_next(taps, tap.index, n_taps, data["x"], x_at, n_pix)
-                operands = (data, x_tap, x_step, w_tap, n_vec, vs, n_pix)
-                unrolled = b.sub(length, b.srem(length, c(sets)))
-                with cgutils.for_range_slice(b, c(0), unrolled, c(sets)) as (step, _):
-                    for k in range(sets):
-                        self.step(acc[k], b.add(step, c(k)), *operands)
-                with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
-                    self.step(acc[0], step, *operands)
+        with cgutils.for_range(b, n_taps) as tap:
+            x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
+            with b.if_then(b.icmp_signed(">=", length, c(PREFETCH_STEPS))):
+                self.prefetch_next(taps, tap.index, n_taps, data["x"], x_at, n_pix)
+            operands = (data, x_tap, x_step, w_tap, n_vec, vs, n_pix)
+            unrolled = b.sub(length, b.srem(length, c(sets)))
+            with cgutils.for_range_slice(b, c(0), unrolled, c(sets)) as (step, _):
+                for k in range(sets):
+                    self.step(acc[k], b.add(step, c(k)), *operands)
+            with cgutils.for_range_slice(b, unrolled, length, c(1)) as (step, _):
+                self.step(acc[0], step, *operands)
 
     def prefetch_next(self, taps, t, n_taps, x, x_at, n_pix):
         """Prefetch the first lines of every pixel's inputs for tap t + 1 into L1. A tap starts P new
@@ -286,30 +300,29 @@ class _Emitter:
                                 for j in range(3))
         return b.add(x_base, x_off), b.add(w_base, w_off), length
 
-    def slide(self, acc, n_vec, n_pix, data, taps, n_taps, x_base, w_base):
-        """acc[p][v] += the taps' products when pixel p + 1 reads at step i what pixel p reads at step
-        i + 1 (x_step = S, K = LANES): a window of P input vectors per vector moves one step at a time,
-        so a step loads one input instead of P (an FMA with a memory operand per pixel and step made
-        the L1 loads, not the FMAs, the limit). A few vectors at a time keep their accumulators,
-        windows and weights in registers."""
+    def slide(self, acc, n_vec, vs, n_pix, data, taps, n_taps, x_at, w_base):
+        """acc[0][p][v] += the taps' products for the vectors `vs` of n_vec when pixel p + 1 reads at
+        step i what pixel p reads at step i + 1 (x_step = S, K = LANES): a window of P input vectors per
+        vector moves one step at a time, so a step loads one input instead of P (an FMA with a memory
+        operand per pixel and step made the L1 loads, not the FMAs, the limit)."""
         b, c, width, k = self.builder, self.const, self.width, self.spread
-        window = [[cgutils.alloca_once(b, self.vec) for _ in range(n_vec)] for _ in range(n_pix)]
-        for vs in _vector_groups(n_vec, max(1, self.free_registers // (2 * n_pix + 1))):
-            with cgutils.for_range(b, n_taps) as tap:
-                x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_base, w_base)
-                for p in range(n_pix - 1):
-                    for v in vs:
-                        b.store(self.load_vector(data["x"], b.add(x_tap, c(p * n_vec * k + v * k))), window[p][v])
-                with cgutils.for_range(b, length) as step:
-                    newest = b.add(x_tap, b.mul(b.add(step.index, c(n_pix - 1)), c(n_vec * k)))
-                    w_row = b.add(w_tap, b.mul(step.index, c(n_vec * width)))
-                    for v in vs:
-                        b.store(self.load_vector(data["x"], b.add(newest, c(v * k))), window[n_pix - 1][v])
-                        weight = self.load_vector(data["w"], b.add(w_row, c(v * width)))
-                        for p in range(n_pix):
-                            b.store(b.call(self.fma, [b.load(window[p][v]), weight, b.load(acc[p][v])]), acc[p][v])
-                        for p in range(n_pix - 1):
-                            b.store(b.load(window[p + 1][v]), window[p][v])
+        acc = acc[0]
+        window = [[cgutils.alloca_once(b, self.vec) for _ in vs] for _ in range(n_pix)]
+        with cgutils.for_range(b, n_taps) as tap:
+            x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_at[0], w_base)
+            for p in range(n_pix - 1):
+                for v in vs:
+                    b.store(self.load_vector(data["x"], b.add(x_tap, c(p * n_vec * k + v * k))), window[p][v])
+            with cgutils.for_range(b, length) as step:
+                newest = b.add(x_tap, b.mul(b.add(step.index, c(n_pix - 1)), c(n_vec * k)))
+                w_row = b.add(w_tap, b.mul(step.index, c(n_vec * width)))
+                for v in vs:
+                    b.store(self.load_vector(data["x"], b.add(newest, c(v * k))), window[n_pix - 1][v])
+                    weight = self.load_vector(data["w"], b.add(w_row, c(v * width)))
+                    for p in range(n_pix):
+                        b.store(b.call(self.fma, [b.load(window[p][v]), weight, b.load(acc[p][v])]), acc[p][v])
+                    for p in range(n_pix - 1):
+                        b.store(b.load(window[p + 1][v]), window[p][v])
 
     def store(self, acc, n_vec, n_pix, data, y_at, bias_base):
         """y = the sum of the accumulator sets + bias. A vector whose channels are all in the block is
