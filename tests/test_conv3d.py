@@ -290,3 +290,18 @@ def test_blocked_edge_columns(options, dtype, groups, cin_g, cout_g):
         with forced_kernel("blocked"):
             got = nbconv.conv3d(x, w, groups=groups, backend=BACKEND, **options)
         assert_conv_close(got, x, w, groups=groups, **options)
+
+
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", PACKED_GROUPS + [("float32", 1, 5, 70), ("float64", 2, 3, 9)])
+def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_g):
+    """The kernel's sizes, cached per geometry, are those of the arrays a call passes: the packed
+    weights and bias (`pack_weights`), x and the tap tables."""
+    w = np.zeros((2, 3, 1, cin_g, groups * cout_g), dtype)
+    geometry = conv_geometry((1, 4, 5, 6, groups * cin_g), w.shape, stride=(1, 2, 1), padding="SAME",
+                             lhs_dilation=1, rhs_dilation=1, groups=groups, channel_first=False)
+    blocking = blocked._packing(geometry, np.dtype(dtype))[0]
+    _, workers, meta = blocked._launch_args(geometry, np.dtype(dtype), 2, microkernel.CACHED)
+    bias = blocked.pack_weights(np.zeros((1, 1, 1, blocking.phases, w.shape[-1]), dtype), blocking)
+    tables = [size for table in geometry.tap_tables() for size in table.shape]
+    assert meta[1] == workers and meta[11] == bias.size
+    assert list(meta[12:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]

@@ -170,7 +170,7 @@ def libm_fma_calls():
     """Calls to fma/fmaf in the machine code of every compiled CPU kernel of nbconv."""
     from nbconv.cpu import blocked, direct, launch, standardize
 
-    kernels = [launch._run, blocked._gather, blocked._interleave, direct.conv_grouped, standardize.standardize_columns]
+    kernels = [launch.run, blocked._gather, blocked._interleave, direct.conv_grouped, standardize.standardize_columns]
     machine_code = [(kernel.__name__, asm) for kernel in kernels for asm in kernel.inspect_asm().values()]
     machine_code += [(f"entry {key}", entry._library.get_asm_str()) for key, entry in blocked.ENTRIES.items()]
     assert len(machine_code) > len(kernels), "no kernel family was compiled"

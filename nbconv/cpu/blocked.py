@@ -62,8 +62,10 @@ def conv3d(x, w, bias, geometry, tables, out):
     blocking, weight_index, bias_index = _packing(geometry, x.dtype)
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
-    _conv_blocked(inputs, weights, _gather(bias, bias_index), tables, out, _store_mode(out, blocking),
-                  *blocking.steps, blocking.shape)
+    entry, workers, meta = _launch_args(geometry, x.dtype, get_num_threads(), _store_mode(out, blocking))
+    # BAND output rows (n, od, oh...) per task, claimed by the threads from the counter (`tasks.claim`).
+    counter = np.zeros(1, np.int64)
+    launch.run(entry, workers, (inputs, weights, _gather(bias, bias_index), out, *tables, counter, meta))
 
 
 def _store_mode(out, blocking):
@@ -86,7 +88,7 @@ class _Blocking(NamedTuple):
     per_unit: int  # groups per unit: 1, V * K, or V with phases
     units: int  # groups // per_unit
     blocks: int  # blocks of V vectors per unit
-    steps: tuple  # (q, x_step) along W, see `_conv_blocked`
+    steps: tuple  # (q, x_step) along W, see `_band`
     # V, K, G and D (Cin_g with input phases, else 1) as the types of tuples of zeros: each combination
     # compiles only its own code.
     shape: tuple
@@ -126,9 +128,9 @@ def pack_weights(w, blocking):
     block: channel c of the unit's group j in lane c * K + j % K of vector j // K) or V groups (K input
     phases: channel c of group v, input channel s * K + j, in lane c * K + j of vector v at step s)."""
     *kernel, cin_g, _ = w.shape
-    taps, v, k, units, blocks = prod(kernel), blocking.vectors, blocking.spread, blocking.units, blocking.blocks
-    lanes_ = lanes(w.dtype)
-    steps = cin_g // blocking.phases
+    v, k, lanes_ = blocking.vectors, blocking.spread, lanes(w.dtype)
+    packed = _packed_shape(prod(kernel), cin_g, blocking, lanes_)
+    units, blocks, taps, steps, width = packed
     if blocking.phases > 1:  # each vector's channels side by side, phase by phase
         rows = w.reshape(taps, steps, k, units, v, -1).transpose(0, 1, 3, 4, 5, 2).reshape(taps, steps, units, v, -1)
     elif k > 1:  # each vector's K groups side by side, channel by channel
@@ -141,7 +143,12 @@ def pack_weights(w, blocking):
         padded[..., :rows.shape[-1]] = rows
         rows = padded
     # A transpose of size-1 axes for a dense convolution: no copy.
-    return np.ascontiguousarray(rows.reshape(taps, steps, units, blocks, v * lanes_).transpose(2, 3, 0, 1, 4))
+    return np.ascontiguousarray(rows.reshape(taps, steps, units, blocks, width).transpose(2, 3, 0, 1, 4))
+
+
+def _packed_shape(taps, cin_g, blocking, lanes_):
+    """The shape `pack_weights` gives (taps, Cin_g) weights: (units, blocks, taps, steps, V * LANES)."""
+    return blocking.units, blocking.blocks, taps, cin_g // blocking.phases, blocking.vectors * lanes_
 
 
 @lru_cache(maxsize=64)
@@ -197,22 +204,27 @@ def _interleave(x, out):
                     out[p, u, i, j] = x[p, u, j, i]
 
 
-def _conv_blocked(x, packed, bias, tables, out, mode, q, x_step, shape):
-    """BAND output rows (n, od, oh...) per task, the tasks claimed by the threads as they go
-    (`tasks.claim`); see `_band`. The family's entry point (`_entry`) runs on every thread."""
-    n_batch, n_od, n_oh, n_ow, cout = out.shape
-    vectors, spread, group, phased = shape
+@lru_cache(maxsize=64)
+def _launch_args(geometry, dtype, threads, mode):
+    """The family's entry address, the threads to run it on, and `_work`'s meta: everything it needs besides the
+    arrays' data, in the order it unpacks them, from the geometry alone (one lookup per call; the
+    array is shared by concurrent calls, so it is read-only)."""
+    blocking = _packing(geometry, dtype)[0]
+    n_batch, n_od, n_oh, n_ow, cout = geometry.out_shape
+    vectors, spread, group, phased = blocking.shape
     # How far x advances per reduction element (the micro-kernel's S).
     element = 1 if len(spread) == 1 else len(spread) if len(phased) > 1 else len(vectors) * len(spread)
     bands = -(-n_oh // BAND)
     n_tasks = n_batch * n_od * bands
-    workers = min(get_num_threads(), n_tasks)
-    # Everything `_work` needs besides the arrays' data, in the order it unpacks them.
-    sizes = (*x.shape[1:], *packed.shape, *(n for table in tables for n in table.shape))
-    meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, mode, bias.size, *sizes),
-                    np.int64)
-    counter = np.zeros(1, np.int64)
-    launch.run(_entry(shape, x.dtype).address, workers, (x, packed, bias, out, *tables, counter, meta))
+    width = lanes(dtype)
+    packed = _packed_shape(prod(geometry.kernel), geometry.in_channels // geometry.groups, blocking, width)
+    bias_size = prod(_packed_shape(1, blocking.phases, blocking, width))
+    tables = (size for axis in zip(geometry.out_spatial, geometry.kernel) for size in axis)
+    workers = min(threads, n_tasks)
+    meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
+                     bias_size, *geometry.in_spatial, geometry.in_channels, *packed, *tables), np.int64)
+    meta.flags.writeable = False
+    return _entry(blocking.shape, dtype).address, workers, meta
 
 
 def _entry(shape, dtype):
@@ -239,7 +251,7 @@ ENTRIES = {}
 def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr, vectors, spread, group,
           phased):
     """One thread's share: runs of tasks claimed from the counter until none are left. The arrays
-    are rebuilt from their data pointers and `meta` (`_conv_blocked`) as flat views, made once: views
+    are rebuilt from their data pointers and `meta` (`_launch_args`) as flat views, made once: views
     made inside the loop would cost atomic reference counts, which the threads contend for."""
     meta = carray(meta_ptr, (_META,))
     n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, mode, n_bias = meta[:12]
@@ -285,7 +297,7 @@ def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out,
             end = j + 1
             while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                 end += 1
-            i = 0
+            i = np.int64(0)  # not the literal 0: _plan would be compiled for it too
             while i < rows:
                 run = (band[0], band[1], band[2], r + q * j)
                 used, lines, first, pixels, steps, i_end = _plan(tap_args, run, i, rows, end - j, w_steps, y_row)

@@ -15,13 +15,9 @@ from numba.extending import intrinsic
 from nbconv.config import CACHE
 
 
+@njit(parallel=True, cache=CACHE)
 def run(entry, workers, arrays):
     """entry(*data pointers of arrays) on `workers` threads at once."""
-    _run(entry, workers, arrays)
-
-
-@njit(parallel=True, cache=CACHE)
-def _run(entry, workers, arrays):
     for _ in prange(workers):
         _call(entry, arrays)
 
