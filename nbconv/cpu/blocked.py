@@ -23,8 +23,10 @@ where x and the weights both continue (a dense or depthwise stride-1 row reduces
 which is what makes Cin = 1 or 3 fast), shared by every unit and channel block. Micro-kernel pixels
 run along W; a run shorter than its stretch (a padded W edge) runs down H instead.
 """
+import hashlib
 from functools import lru_cache
 from math import gcd, prod
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -32,9 +34,8 @@ from numba import carray, cfunc, from_dtype, get_num_threads, njit, prange, type
 
 from nbconv import buffers
 from nbconv.config import CACHE
-from nbconv.cpu import launch
-from nbconv.cpu.microkernel import (CACHED, PREFETCHED, STREAMED, TARGET, fma_tile, lanes, pixel_block,
-                                    store_fence)
+from nbconv.cpu import launch, microkernel, target, tasks
+from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_tile, lanes, store_fence
 from nbconv.cpu.tasks import claim
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
@@ -102,10 +103,13 @@ def _blocking(geometry, dtype):
     # as it is (grouped_g8: the interleave took 8% of the call): when K divides the group's inputs.
     cin_g = geometry.in_channels // groups
     phases = k if k < width and k & (k - 1) == 0 and cin_g % k == 0 else 1
-    if k == 1:  # the group's vectors in as few blocks as the target allows, split evenly: 6 vectors
-        # are 2 blocks of 3, not 4 + 2 with two vectors of zero weights (96 channels on AVX-512: 1.33x)
+    if k == 1:  # the group's vectors in blocks of one of the target's sizes: the fewest vectors
+        # computed (of zero weights too), then the fewest blocks. 6 vectors are 2 blocks of 3, not 4 + 2
+        # with two of zeros (96 channels on AVX-512: 1.33x); 3 on AVX2 one block of 3, not 2 + 2. One
+        # vector a call loads an input per FMA: only for groups of one vector.
         needed = -(-cout_g // width)
-        vectors = -(-needed // -(-needed // TARGET.max_vectors))
+        sizes = [v for v in TARGET.blocking.pixels if v > 1 or needed == 1]
+        vectors = min(sizes, key=lambda v: (-(-needed // v) * v, -(-needed // v)))
     else:  # vectors of K groups (or one group) each, as many as split the groups evenly: with whole-
         # vector inputs (K = LANES, FMA memory operands) up to the target's `whole_vectors`; else each
         # pixel and vector needs a register for its broadcast inputs, and beside 24 accumulators 4
@@ -236,8 +240,10 @@ def _entry(shape, dtype):
         return ENTRIES[shape, dtype]
     vectors, spread, group, phased = shape
     values, integers = types.CPointer(from_dtype(dtype)), types.CPointer(types.int64)
+    digest = _LINKED_SOURCES
 
     def entry(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta):
+        digest  # noqa: B018 (referenced, so that it is a cell of the closure, which Numba's cache keys by)
         _work(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta, vectors, spread, group, phased)
     ENTRIES[shape, dtype] = cfunc(types.void(*[values] * 4, *[integers] * 5), error_model="numpy", cache=CACHE)(entry)
     return ENTRIES[shape, dtype]
@@ -245,6 +251,12 @@ def _entry(shape, dtype):
 
 # (family shape, dtype) -> compiled entry (`_entry`)
 ENTRIES = {}
+# Numba's cache checks the source file of a cached function only, but an entry's machine code also
+# comes from the micro-kernel generator, its target tables and the task counter: a digest of their
+# source is a constant of every entry, so that an edit there (a `git pull`) compiles the entries anew
+# instead of loading stale ones.
+_LINKED_SOURCES = hashlib.sha256(b"".join(Path(module.__file__).read_bytes()
+                                          for module in (microkernel, target, tasks))).hexdigest()
 
 
 @njit(inline="always")
@@ -361,11 +373,12 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, mod
             w_at = ((unit * blocks + block) * n_taps * cin_g * width, (unit * blocks + block) * width)
             p = 0
             while p < count:
-                pixels = pixel_block(len(vectors), count - p)
+                pixels = 0  # every line of the block takes as many (lines >= 1)
                 for i in range(lines):
                     x_at = (x_first + i * x_line + p * x_step, x_step)
                     y_at = (y_first + i * y_line + p * y_step, y_step, stored, mode)
-                    fma_tile(vectors, spread, group, phased, pixels, x, x_at, taps, used, w, w_at, bias, y, y_at)
+                    pixels = fma_tile(vectors, spread, group, phased, count - p, x, x_at, taps, used, w, w_at, bias,
+                                      y, y_at)
                 p += pixels
 
 

@@ -1,9 +1,10 @@
 """Register-blocked FMA micro-kernels, emitted as LLVM vector IR (LLVM will not block registers for us
 from plain loops: DESIGN.md §5).
 
-``fma_tile(vectors, spread, group, phased, P, x, (x_base, x_step), taps, n_taps, w, (w_base, bias_base),
-bias, y, (y_base, y_step, channels, mode))`` computes P output pixels x V vectors of LANES lanes, held as
-P * V accumulators in vector registers across the whole reduction, and stores them plus the bias;
+``fma_tile(vectors, spread, group, phased, remaining, x, (x_base, x_step), taps, n_taps, w, (w_base,
+bias_base), bias, y, (y_base, y_step, channels, mode))`` computes P output pixels x V vectors of LANES
+lanes, held as P * V accumulators in vector registers across the whole reduction, stores them plus
+the bias, and returns P: the most of the target's pixel counts for V that `remaining` allows;
 V, K, G and D are given by the types of `vectors`, `spread`, `group` and `phased`, tuples of as many
 zeros. Lane l of vector v computes
 
@@ -32,7 +33,7 @@ Vectors are as wide as the compile target's registers (`nbconv.cpu.target`: 16 f
 AVX-512, 8 on AVX2, 4 on SSE and NEON), multiplied and added by ``llvm.fmuladd`` (an FMA where the
 target has one, a multiply and an add where not: never a call to libm's fma). Each (V, K, G, D)
 compiles separately, with only its own bodies. P is a run-time value: the IR holds one unrolled body
-per pixel count of the target's `pixels[V]` behind a switch; with K = LANES, bodies of the
+per pixel count of the target's `pixels[V]` (`whole[V]` with K = LANES) behind a switch; with K = LANES, bodies of the
 target's `sliding` pixel counts also hold a sliding-window variant, taken when x_step = S
 (`_Emitter.slide`).
 `bias` must have V * LANES readable values from `bias_base`. `tile_module` emits the same bodies as a
@@ -55,9 +56,6 @@ CACHED, PREFETCHED, STREAMED = 0, 1, 2
 # lines per pixel (see `_Emitter.prefetch_next`); shorter taps spent more on the prefetches than they saved.
 PREFETCH_STEPS = 16
 PREFETCH_LINES = 2
-# The target's pixel counts as a table for compiled code: row V - 1, descending, padded with 1.
-_CHOICES = np.array([counts + (1,) * (5 - len(counts))
-                     for counts in map(TARGET.pixel_counts, range(1, TARGET.whole_vectors + 1))], np.int64)
 
 
 @lru_cache(maxsize=16)
@@ -66,18 +64,9 @@ def lanes(dtype):
     return TARGET.lanes(dtype)
 
 
-@njit(inline="always")
-def pixel_block(vectors, remaining):
-    """The most pixels one micro-kernel call for `vectors` vectors takes from `remaining` (>= 1)."""
-    for pixels in _CHOICES[vectors - 1]:
-        if pixels <= remaining:
-            return pixels
-    return 1
-
-
 @intrinsic
-def fma_tile(typingctx, vectors, spread, group, phased, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
-    sig = types.void(vectors, spread, group, phased, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
+def fma_tile(typingctx, vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    sig = types.int64(vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
     return sig, _codegen(TARGET, x.dtype, vectors.count, spread.count, group.count, phased.count)
 
 
@@ -93,33 +82,31 @@ def store_fence(typingctx):
 def _codegen(target, dtype, n_vec, spread, group, distance):
     def codegen(context, builder, signature, args):
         tys = signature.args
-        _, _, _, _, pixels, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
+        _, _, _, _, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
         x_at, y_at = cgutils.unpack_tuple(builder, x_at), cgutils.unpack_tuple(builder, y_at)
         w_base, bias_base = cgutils.unpack_tuple(builder, w_at)
         data = {name: context.make_array(tys[i])(context, builder, args[i]).data
                 for name, i in (("x", 5), ("w", 9), ("bias", 11), ("y", 12))}
         taps_ptr = context.make_array(tys[7])(context, builder, taps).data
         emit = _Emitter(builder, target, dtype, spread, group, distance)
-        emit.tile(n_vec, pixels, data, taps_ptr, n_taps, x_at, w_base, y_at, bias_base)
-        return context.get_dummy_value()
+        return emit.tile(n_vec, remaining, data, taps_ptr, n_taps, x_at, w_base, y_at, bias_base)
     return codegen
 
 
 def tile_module(target, dtype, n_vec, spread, group, distance):
     """The bodies `fma_tile` compiles for (V, K, G, D), as the function `tile` of a module of their
-    own for `target`: (pixels, x, x_base, x_step, taps, n_taps, w, w_base, bias, bias_base, y, y_base,
-    y_step, channels, mode), pointers and 64-bit integers."""
+    own for `target`: (remaining, x, x_base, x_step, taps, n_taps, w, w_base, bias, bias_base, y, y_base,
+    y_step, channels, mode), pointers and 64-bit integers, -> pixels."""
     module = ir.Module("tile")
     module.triple = target.triple
     i64, array = ir.IntType(64), _ELEMENTS[np.dtype(str(dtype)).itemsize].as_pointer()
     params = [i64, array, i64, i64, i64.as_pointer(), i64, array, i64, array, i64, array, i64, i64, i64, i64]
-    function = ir.Function(module, ir.FunctionType(ir.VoidType(), params), "tile")
+    function = ir.Function(module, ir.FunctionType(i64, params), "tile")
     builder = ir.IRBuilder(function.append_basic_block("entry"))
-    (pixels, x, x_base, x_step, taps, n_taps, w, w_base, bias, bias_base, y, *y_at) = function.args
+    (remaining, x, x_base, x_step, taps, n_taps, w, w_base, bias, bias_base, y, *y_at) = function.args
     data = {"x": x, "w": w, "bias": bias, "y": y}
     emit = _Emitter(builder, target, dtype, spread, group, distance)
-    emit.tile(n_vec, pixels, data, taps, n_taps, (x_base, x_step), w_base, y_at, bias_base)
-    builder.ret_void()
+    builder.ret(emit.tile(n_vec, remaining, data, taps, n_taps, (x_base, x_step), w_base, y_at, bias_base))
     return module
 
 
@@ -150,18 +137,31 @@ class _Emitter:
         name = f"llvm.fmuladd.v{self.width}f{8 * self.align}"
         self.fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vec, [self.vec] * 3), name)
 
-    def tile(self, n_vec, pixels, data, taps, n_taps, x_at, w_base, y_at, bias_base):
-        """A switch on the pixel count to one body per count of the target's pixels[n_vec]."""
+    def tile(self, n_vec, remaining, data, taps, n_taps, x_at, w_base, y_at, bias_base):
+        """The most pixels of the target's counts for n_vec vectors that `remaining` (>= 1) allows,
+        and a switch on them to one body per count; -> that count."""
         builder = self.builder
+        pixels = self.const(1)
+        for n_pix in reversed(self.pixel_counts(n_vec)):
+            pixels = builder.select(builder.icmp_signed(">=", remaining, self.const(n_pix)), self.const(n_pix), pixels)
         done = builder.append_basic_block("fma_done")
         switch = builder.switch(pixels, done)
-        for n_pix in self.target.pixel_counts(n_vec):
+        for n_pix in self.pixel_counts(n_vec):
             block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
             switch.add_case(ir.Constant(pixels.type, n_pix), block)
             builder.position_at_end(block)
             self.body(n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base)
             builder.branch(done)
         builder.position_at_end(done)
+        return pixels
+
+    def pixel_counts(self, n_vec):
+        return self.target.pixel_counts(n_vec, whole=self.whole)
+
+    @property
+    def whole(self):
+        """Whether a vector's inputs are whole vectors of x (K = LANES, not phases)."""
+        return self.spread == self.width and not self.phased
 
     def const(self, value):
         return ir.Constant(ir.IntType(64), value)
@@ -185,7 +185,7 @@ class _Emitter:
             self.prefetch_out(data["y"], y_at, n_vec, n_pix)
         operands = (n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base)
         fewest, most = self.blocking.sliding
-        if self.spread == self.width and not self.phased and fewest <= n_pix <= most:
+        if self.whole and fewest <= n_pix <= most:
             # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
             slides = b.icmp_signed("==", x_at[1], c(n_vec * self.spread))
             with b.if_else(slides) as (window, plain):
@@ -228,7 +228,7 @@ class _Emitter:
         channels, so that its taps merge and slide): as many as leave `per_vector` registers to each
         (P accumulators and a weight; a sliding window P more) beside one input (and, without FMA, the
         product), and divide n_vec."""
-        if self.spread < self.width or self.phased:
+        if not self.whole:
             return n_vec
         most = max(1, min(n_vec, self.free_registers // per_vector))
         return max(size for size in range(1, most + 1) if n_vec % size == 0)

@@ -22,13 +22,18 @@ CACHE_LINE = 64
 #   fit the registers, so the whole reduction runs without a spill; the powers of two below cover
 #   the ends of rows and columns without falling back to one pixel at a time. x86 with 32 registers
 #   (AVX-512): 6 x 4 = 24 accumulators + 4 weights + 1 input. x86 with 16 (AVX2, AVX, SSE): 6 x 2 =
-#   12 accumulators + 2 weights + 1 input, BLIS's 6 x 16 float32 Haswell kernel; without FMA the
-#   product takes the last register. More vectors than these would leave fewer than 4 pixels. One
-#   vector stops at 12 pixels on x86: 16 pixels reading whole input vectors (depthwise) keep 16
+#   12 accumulators + 2 weights + 1 input, BLIS's 6 x 16 float32 Haswell kernel; with FMA also 4 x 3
+#   = 12 accumulators + 3 weights + 1 input, so that 3 vectors of channels (24 float32) are one block,
+#   not 2 + 2 with a vector of zeros (Zen 3, same process: video_c3_k5 with 24 output channels
+#   1.33-1.41x, lhs_dilated_3 1.43-1.49x); without FMA the product takes the last register. More
+#   vectors than these would leave fewer than 4 pixels. One vector stops at 12 pixels on x86: 16 pixels reading whole input vectors (depthwise) keep 16
 #   addresses, more than the 16 general registers (znver4 reloaded 10 of them per step; 0-2 at 12).
 #   AArch64 (NEON, 32 registers): LLVM schedules the loads of a step early there, so 2 vectors of
 #   packed groups spilled at 12 and 10 pixels (24 or 20 accumulators, 4 inputs, 2 weights), and 3
 #   vectors at 8: 8 and 6 instead.
+# - `whole`: the same for whole-vector units (depthwise, K = LANES), where it differs from `pixels`:
+#   their vectors are reduced a few at a time (`microkernel._Emitter.together`), so more of them do
+#   not take registers from their pixels (AVX2 keeps 6 pixels for 3 vectors and more).
 # - `sliding`: fewest and most pixels of a sliding-window body, whose accumulators and input windows
 #   take two registers each (at most 8 beside AArch64's spare ones). Without FMA (SSE, AVX) the
 #   4-pixel body, which LLVM unrolls twice, spilled an accumulator in float64: from 5 pixels there.
@@ -43,6 +48,7 @@ class Blocking(NamedTuple):
     sliding: tuple
     spare: int
     chains: int
+    whole: dict = None  # None: as `pixels`
 
 
 # A unit of whole-vector inputs (depthwise, K = LANES) spans up to this many bytes of channels, however
@@ -56,7 +62,7 @@ _X86_16 = {1: (12, 8, 4, 2, 1), 2: (6, 4, 2, 1)}
 BLOCKING = {
     ("x86_64", 32, True): Blocking({1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)},
                                    (4, 12), 0, 8),
-    ("x86_64", 16, True): Blocking(_X86_16, (4, 6), 0, 8),
+    ("x86_64", 16, True): Blocking({**_X86_16, 3: (4, 2, 1)}, (4, 6), 0, 8, _X86_16),
     ("x86_64", 16, False): Blocking(_X86_16, (5, 6), 0, 8),
     ("aarch64", 32, True): Blocking({1: (16, 8, 4, 2, 1), 2: (8, 4, 2, 1), 3: (6, 4, 2, 1), 4: (6, 4, 2, 1)},
                                     (4, 8), 8, 8),
@@ -116,9 +122,11 @@ class Target(NamedTuple):
         """Most vectors of one micro-kernel call of whole-vector inputs."""
         return max(self.max_vectors, WHOLE_VECTOR_BYTES // self.vector_bytes)
 
-    def pixel_counts(self, vectors):
-        """Pixel counts of the micro-kernel bodies for `vectors` vectors, largest first."""
-        return self.blocking.pixels[min(vectors, self.max_vectors)]
+    def pixel_counts(self, vectors, whole=False):
+        """Pixel counts of the micro-kernel bodies for `vectors` vectors (of whole-vector inputs:
+        `whole`), largest first."""
+        table = self.blocking.whole or self.blocking.pixels if whole else self.blocking.pixels
+        return table[min(vectors, max(table))]
 
     def describe(self):
         isa = f"{8 * self.vector_bytes}-bit vectors x {self.registers}, {'FMA' if self.fma else 'no FMA'}"
