@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, types
+from numba import get_num_threads, njit, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 

@@ -26,8 +26,9 @@ CACHE_LINE = 64
 #   = 12 accumulators + 3 weights + 1 input, so that 3 vectors of channels (24 float32) are one block,
 #   not 2 + 2 with a vector of zeros (Zen 3, same process: video_c3_k5 with 24 output channels
 #   1.33-1.41x, lhs_dilated_3 1.43-1.49x); without FMA the product takes the last register. More
-#   vectors than these would leave fewer than 4 pixels. One vector stops at 12 pixels on x86: 16 pixels reading whole input vectors (depthwise) keep 16
-#   addresses, more than the 16 general registers (znver4 reloaded 10 of them per step; 0-2 at 12).
+#   vectors than these would leave fewer than 4 pixels. One vector stops at 12 pixels on x86: 16
+#   pixels reading whole input vectors (depthwise) keep 16 addresses, more than the 16 general
+#   registers (znver4 reloaded 10 of them per step; 0-2 at 12).
 #   AArch64 (NEON, 32 registers): LLVM schedules the loads of a step early there, so 2 vectors of
 #   packed groups spilled at 12 and 10 pixels (24 or 20 accumulators, 4 inputs, 2 weights), and 3
 #   vectors at 8: 8 and 6 instead.
