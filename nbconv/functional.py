@@ -1,4 +1,5 @@
 """Public functions: validate the arguments, pick a backend, run its kernel."""
+import numbers
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from math import prod
@@ -37,19 +38,22 @@ def conv3d(x, w, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, gr
     padding: 'SAME', 'VALID', an int, 3 ints, or (lo, hi) pairs (one for all axes, or three).
     stride, lhs_dilation (input), rhs_dilation (kernel): an int or 1 or 3 ints.
     bias: None or Cout values added per output channel. out: a C-contiguous array of the result's
-    shape and dtype to fill. backend: 'auto' (CUDA for device arrays), 'cpu' or 'cuda'.
+    shape and dtype to fill, sharing no memory with x, w or bias; a call interrupted by Ctrl-C
+    (KeyboardInterrupt) leaves it partly written. backend: 'auto' (CUDA for device arrays), 'cpu' or 'cuda'.
     """
     backend = choose_backend(backend, x, w, bias)
-    x, w, bias = _host_array(x, "x"), _host_array(w, "w"), _host_array(bias, "bias")
+    x, w, bias = _host_array(x, "x"), _host_array(w, "w"), _host_array(bias, "bias", optional=True)
     call = _validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
     if out is not None:
-        _check_out(out, call, x, w)
+        _check_out(out, call, x, w, bias)
     run = cuda_module().conv3d if backend == "cuda" else _conv3d_cpu
     return run(x, w, bias, call, out)
 
 
-def _host_array(a, name):
-    """Device arrays and None as they are, anything else as a NumPy array."""
+def _host_array(a, name, optional=False):
+    """Device arrays (and None where `optional`) as they are, anything else as a NumPy array."""
+    if a is None and not optional:
+        raise TypeError(f"{name} must be an array, got None")
     if a is None or is_device_array(a):
         return a
     try:
@@ -106,7 +110,7 @@ def _layout(channel_first):
     return "(N, Cin, D, H, W)" if channel_first else "(N, D, H, W, Cin)"
 
 
-def _check_out(out, call, x, w):
+def _check_out(out, call, x, w, bias):
     if not isinstance(out, np.ndarray) and not is_device_array(out):
         raise TypeError(f"out must be an array, got {type(out).__name__}")
     if tuple(out.shape) != call.result_shape or np.dtype(out.dtype) != call.result_dtype:
@@ -115,8 +119,8 @@ def _check_out(out, call, x, w):
     if isinstance(out, np.ndarray):
         if not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
-        if any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in (x, w)):
-            raise ValueError("out must not share memory with x or w")
+        if any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in (x, w, bias)):
+            raise ValueError("out must not share memory with x, w or bias")
 
 
 def _conv3d_cpu(x, w, bias, call, out):
@@ -155,36 +159,47 @@ def weight_standardization(w, eps=1e-4, gain=None, out_axis=-1, backend="auto"):
     backend = choose_backend(backend, w, gain)
     on_device = is_device_array(w)
     # Weights are small: both backends standardize a host copy laid out as (fan_in, Cout) columns.
-    w, gain = _on_host(w, "w"), _on_host(gain, "gain")
+    w, gain = _on_host(w, "w"), _on_host(gain, "gain", optional=True)
     axis = _standardization_axis(w, out_axis)
-    if not np.isscalar(eps) or not float(eps) > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    eps = positive_number(eps, "eps")
     compute, result = conv_dtypes(("w", np.dtype(w.dtype)))
     cout = w.shape[axis]
+    if gain is not None and gain.dtype.kind not in "biuf":
+        raise TypeError(f"gain must hold real numbers, got dtype {gain.dtype}")
     if gain is not None and gain.size not in (1, cout):
         raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {gain.shape}")
     columns = np.ascontiguousarray(np.moveaxis(w, axis, -1).reshape(-1, cout), dtype=compute)
     gains = np.ascontiguousarray(np.broadcast_to(np.ones(1) if gain is None else gain.reshape(-1), (cout,)),
                                  dtype=compute)
     if backend == "cuda":
-        standardized = cuda_module().standardize_columns(columns, float(eps), gains)
+        standardized = cuda_module().standardize_columns(columns, eps, gains)
     else:
         standardized = np.empty_like(columns)
-        cpu.standardize_columns(columns, float(eps), gains, standardized)
+        cpu.standardize_columns(columns, eps, gains, standardized)
     moved = standardized.reshape(*(n for i, n in enumerate(w.shape) if i != axis), cout)
     standardized = np.ascontiguousarray(np.moveaxis(moved, -1, axis), dtype=result)
     return cuda_module().to_device(standardized) if on_device else standardized
 
 
-def _on_host(a, name):
+def _on_host(a, name, optional=False):
     """A NumPy copy of a device array; anything else as `_host_array` gives it."""
-    return cuda_module().to_host(a) if is_device_array(a) else _host_array(a, name)
+    return cuda_module().to_host(a) if is_device_array(a) else _host_array(a, name, optional)
 
 
 def _standardization_axis(w, out_axis):
     ndim = len(w.shape)
     if ndim < 1:
         raise ValueError("w must have at least one axis")
-    if not isinstance(out_axis, (int, np.integer)) or not -ndim <= out_axis < ndim:
+    if (not isinstance(out_axis, (int, np.integer)) or isinstance(out_axis, bool)
+            or not -ndim <= out_axis < ndim):
         raise ValueError(f"out_axis must be an int in [-{ndim}, {ndim}), got {out_axis!r}")
     return int(out_axis) % ndim
+
+
+def positive_number(value, name):
+    """`value` as a float if it is a positive real number (a Python or NumPy scalar, or a 0-d array;
+    not a bool or a string), else a ValueError naming `name`."""
+    array = np.asarray(value) if isinstance(value, (numbers.Real, np.ndarray)) else None
+    if array is None or array.ndim or array.dtype.kind not in "iuf" or not float(array) > 0:
+        raise ValueError(f"{name} must be a positive number (a real scalar), got {value!r}")
+    return float(array)

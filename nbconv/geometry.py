@@ -26,15 +26,20 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _sequence(value):
+    """The items of a tuple, list or 1-D array; None for anything else (a string, bytes, a set or a
+    dict is not a sequence of sizes, even though it iterates)."""
+    if isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1):
+        return tuple(value)
+    return None
+
+
 def _int_sequence(value, name):
     if _is_int(value):
         return (int(value),)
-    try:
-        items = tuple(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}") from None
-    if not all(_is_int(v) for v in items):
-        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+    items = _sequence(value)
+    if items is None or not all(_is_int(v) for v in items):
+        raise TypeError(f"{name} must be an int or a sequence (tuple or list) of ints, got {value!r}")
     return tuple(int(v) for v in items)
 
 
@@ -48,10 +53,9 @@ def normalize_padding(padding):
         return mode
     if _is_int(padding):
         return ((int(padding),) * 2,) * SPATIAL
-    try:
-        items = tuple(padding)
-    except TypeError:
-        raise TypeError(f"padding must be a string, an int or a sequence, got {padding!r}") from None
+    items = _sequence(padding)
+    if items is None:
+        raise TypeError(f"padding must be 'SAME', 'VALID', an int or a sequence (tuple or list), got {padding!r}")
     if len(items) in (1, SPATIAL) and all(_is_int(p) for p in items):
         pads = tuple((int(p), int(p)) for p in items)
     elif len(items) in (1, SPATIAL):
@@ -62,10 +66,10 @@ def normalize_padding(padding):
 
 
 def _pad_pair(pair, padding):
-    try:
-        lo, hi = pair
-    except (TypeError, ValueError):
-        raise ValueError(f"padding entries must be ints or (lo, hi) pairs, got {padding!r}") from None
+    items = _sequence(pair)
+    if items is None or len(items) != 2:
+        raise ValueError(f"padding entries must be ints or (lo, hi) pairs, got {padding!r}")
+    lo, hi = items
     if not (_is_int(lo) and _is_int(hi)):
         raise TypeError(f"padding pairs must hold ints, got {padding!r}")
     return int(lo), int(hi)
@@ -155,6 +159,25 @@ def _tap_tables(geometry):
     return tables
 
 
+# The kernels index with 64-bit integers (tap tables, offsets into x and the output): every extent
+# they form must fit, with room for the sum of two.
+INDEX_LIMIT = 2**62
+
+
+def _check_extents(in_spatial, kernel, stride, pads, lhs, rhs):
+    """ValueError for options whose extents would overflow the kernels' index arithmetic (which
+    would wrap around silently): the dilated kernel, strides, pads, the dilated and padded input."""
+    if any(dilated(k, r) > INDEX_LIMIT for k, r in zip(kernel, rhs)):
+        raise ValueError(f"rhs_dilation={rhs} makes the kernel span more than 2**62 elements on an axis: too "
+                         "large for 64-bit index arithmetic")
+    for name, values in (("stride", stride), ("padding", [abs(p) for pair in pads for p in pair])):
+        if max(values) > INDEX_LIMIT:
+            raise ValueError(f"{name} must be at most 2**62 in magnitude, got {values}")
+    if any(dilated(n, d) + abs(lo) + abs(hi) > INDEX_LIMIT for n, d, (lo, hi) in zip(in_spatial, lhs, pads)):
+        raise ValueError(f"lhs_dilation={lhs} and padding {pads} make the input span more than 2**62 elements "
+                         "on an axis: too large for 64-bit index arithmetic")
+
+
 def conv_geometry(x_shape, w_shape, *, stride, padding, lhs_dilation, rhs_dilation, groups,
                   channel_first):
     """Validate shapes and options of one conv3d call; `x_shape` is batched (5-D)."""
@@ -180,4 +203,5 @@ def conv_geometry(x_shape, w_shape, *, stride, padding, lhs_dilation, rhs_dilati
     lhs = spatial_triple(lhs_dilation, "lhs_dilation")
     rhs = spatial_triple(rhs_dilation, "rhs_dilation")
     pads = resolve_padding(normalize_padding(padding), in_spatial, kernel, stride, lhs, rhs)
+    _check_extents(in_spatial, kernel, stride, pads, lhs, rhs)
     return ConvGeometry(batch, tuple(in_spatial), cin, tuple(kernel), cout, groups, stride, pads, lhs, rhs)

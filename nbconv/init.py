@@ -138,12 +138,26 @@ def param(value, shape, name, dtype=np.float32):
     shape = tuple(shape)
     if callable(value):
         array = np.asarray(value(shape, dtype=dtype))
+        if array.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must return real numbers, got dtype {array.dtype}")
         what = "returned"
-    elif np.ndim(value) == 0:
-        return np.full(shape, value, dtype)
     else:
-        array = np.asarray(value)
+        array = _real_array(value, name)
+        if array.ndim == 0:
+            return np.full(shape, array, dtype)
         what = "has"
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, but it {what} shape {array.shape}")
+    return array
+
+
+def _real_array(value, name):
+    """`value` as an array of real numbers (bools too: masks), or a TypeError naming `name`."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an initializer, a callable f(shape, dtype=...), a real number or an "
+                        f"array of them, got {value!r}")
     return array

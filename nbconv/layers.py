@@ -5,7 +5,7 @@ import numpy as np
 
 from nbconv import init
 from nbconv.dispatch import is_device_array
-from nbconv.functional import conv3d, weight_standardization
+from nbconv.functional import conv3d, positive_number, weight_standardization
 from nbconv.geometry import conv_geometry, normalize_padding, spatial_triple
 
 
@@ -109,8 +109,7 @@ class ScaledWSConv3d(Conv3d):
                  rhs_dilation=1, groups=1, ws_gain=True, eps=1e-4, w_init=init.XavierNormal(),
                  b_init=None, w_mask=None, channel_first=False, name=None, param_type=ParamState,
                  backend="auto"):
-        if not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        positive_number(eps, "eps")
         self.eps = eps
         self.ws_gain = bool(ws_gain)
         super().__init__(in_size, out_channels, kernel_size, stride, padding, lhs_dilation,

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import nbconv
+from nbconv import reference
 from tests.support import BACKEND
 
 X = np.ones((1, 4, 4, 4, 4), np.float32)
@@ -38,6 +39,22 @@ BAD = [
     (dict(out=np.empty((1, 4, 4, 4, 7), np.float32)), ValueError, "out must have shape"),
     (dict(out=np.empty((1, 4, 4, 8, 4), np.float32).swapaxes(3, 4)), ValueError, "C-contiguous"),
     (dict(out=[0.0]), TypeError, "out must be an array"),
+    # strings, bytes, sets and dicts iterate, but are not sequences of sizes (b'2' was stride 50)
+    (dict(stride=b"2"), TypeError, r"stride must be an int or a sequence \(tuple or list\)"),
+    (dict(stride={3}), TypeError, r"stride must be an int or a sequence \(tuple or list\)"),
+    (dict(stride={1: 2}), TypeError, r"stride must be an int or a sequence \(tuple or list\)"),
+    (dict(lhs_dilation="22"), TypeError, "lhs_dilation must be an int"),
+    (dict(padding=b"SAME"), TypeError, "padding must be 'SAME', 'VALID', an int or a sequence"),
+    (dict(padding={1, 2, 3}), TypeError, "padding must be 'SAME', 'VALID', an int or a sequence"),
+    (dict(padding=((0, 0), (0, 0), "ab")), ValueError, "padding entries must be ints or"),
+    # sizes whose int64 index arithmetic would wrap around (a silently wrong result before)
+    (dict(stride=2**63), ValueError, r"stride must be at most 2\*\*62"),
+    (dict(rhs_dilation=(1, 1, 2**62 + 1)), ValueError, "rhs_dilation=.* makes the kernel span more than 2"),
+    (dict(rhs_dilation=(1, 1, 2**62 + 1), padding="VALID"), ValueError, "rhs_dilation=.* makes the kernel span"),
+    (dict(padding=((0, 0), (0, 0), (0, 2**64 + 10))), ValueError, r"padding must be at most 2\*\*62"),
+    (dict(lhs_dilation=2**61, padding=2**61), ValueError, "make the input span more than 2"),
+    (dict(x=None), TypeError, "x must be an array, got None"),
+    (dict(w=None), TypeError, "w must be an array, got None"),
 ]
 
 
@@ -52,6 +69,30 @@ def test_out_may_not_alias_input():
     x = np.ones((1, 4, 4, 4, 4), np.float32)
     with pytest.raises(ValueError, match="out must not share memory"):
         nbconv.conv3d(x, np.ones((1, 1, 1, 4, 4), np.float32), out=x, backend=BACKEND)
+
+
+@pytest.mark.parametrize("cout", [2, 8])  # the few-channel loop nest, and the blocked kernel
+def test_out_may_not_alias_bias(cout):
+    out = np.zeros((1, 4, 4, 4, cout), np.float32)
+    with pytest.raises(ValueError, match="out must not share memory with x, w or bias"):
+        nbconv.conv3d(X, np.ones((1, 1, 1, 4, cout), np.float32), bias=out.reshape(-1)[:cout], out=out,
+                      backend=BACKEND)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, groups", [
+    ((1, 4, 4, 4, 4), (3, 3, 3, 4, 0), 1),  # no output channels
+    ((1, 4, 4, 4, 0), (3, 3, 3, 0, 8), 1),  # no input channels: zeros (+ bias)
+    ((1, 4, 4, 4, 0), (3, 3, 3, 0, 8), 4),
+    ((0, 4, 4, 4, 4), (3, 3, 3, 4, 8), 1),  # no batch
+    ((1, 0, 4, 4, 4), (3, 3, 3, 4, 8), 1),  # no depth
+])
+def test_empty_channels_and_sizes_give_what_jax_gives(x_shape, w_shape, groups):
+    x, w = np.ones(x_shape, np.float32), np.ones(w_shape, np.float32)
+    bias = np.arange(w_shape[-1], dtype=np.float32)
+    want = reference.conv3d_reference(x, w, groups=groups, bias=bias)
+    got = nbconv.conv3d(x, w, groups=groups, bias=bias, backend=BACKEND)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
 
 
 def test_channel_mismatch_names_layout():

@@ -128,10 +128,26 @@ def test_constructor_errors(cls, change, message):
         cls(**args)
 
 
-@pytest.mark.parametrize("eps", [0, -1e-4, "small"])
+@pytest.mark.parametrize("eps", [0, -1e-4, "small", "1e-4", True, np.ones(2)])
 def test_ws_rejects_bad_eps(eps):
     with pytest.raises(ValueError, match="eps must be a positive number"):
         nbconv.ScaledWSConv3d((8, 8, 8, 3), 6, 3, eps=eps)
+
+
+@pytest.mark.parametrize("cls", [nbconv.Conv3d, nbconv.ScaledWSConv3d])
+@pytest.mark.parametrize("change, name", [(dict(w_init="xavier"), "w_init"), (dict(w_mask="abc"), "w_mask"),
+                                          (dict(b_init=object()), "b_init"), (dict(w_mask=[[1, 2], [3]]), "w_mask"),
+                                          (dict(w_init=lambda shape, dtype: np.full(shape, "a")), "w_init")])
+def test_initializer_and_mask_arguments_checked_by_name(cls, change, name):
+    with pytest.raises(TypeError, match=f"{name} must"):
+        cls((8, 8, 8, 3), 6, 3, **change)
+
+
+def test_eps_as_a_numpy_scalar_or_0d_array():
+    for eps in (np.float32(1e-3), np.array(1e-3)):
+        layer = nbconv.ScaledWSConv3d((4, 4, 4, 3), 6, 3, eps=eps)
+        np.testing.assert_array_equal(layer.kernel(), nbconv.weight_standardization(layer.weight.value["weight"],
+                                                                                    1e-3, layer.weight.value["gain"]))
 
 
 @pytest.mark.parametrize("shape, message", [((2, 8, 8, 8, 4), "x must have shape"),

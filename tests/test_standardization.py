@@ -76,6 +76,13 @@ def test_float16_is_computed_in_float32():
     (dict(gain=np.ones(3)), ValueError, "gain must have 1 or Cout = 4"),
     (dict(w=np.ones(4, complex)), TypeError, "w must be real"),
     (dict(w=np.float32(1.0)), ValueError, "w must have at least one axis"),
+    (dict(eps="1e-4"), ValueError, "eps must be a positive number"),
+    (dict(eps=True), ValueError, "eps must be a positive number"),
+    (dict(eps=np.ones(2)), ValueError, "eps must be a positive number"),
+    (dict(eps=float("nan")), ValueError, "eps must be a positive number"),
+    (dict(out_axis=True), ValueError, "out_axis must be an int"),
+    (dict(gain=np.ones(4, complex)), TypeError, "gain must hold real numbers"),
+    (dict(w=None), TypeError, "w must be an array, got None"),
 ])
 def test_bad_arguments(kwargs, error, message):
     args = {"w": np.ones((2, 2, 2, 3, 4), np.float32), **kwargs}

@@ -34,9 +34,9 @@ from numba import carray, cfunc, from_dtype, get_num_threads, njit, prange, type
 
 from nbconv import buffers
 from nbconv.config import CACHE
-from nbconv.cpu import launch, microkernel, target, tasks
+from nbconv.cpu import launch, microkernel, parallel, target, tasks
 from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_tile, lanes, store_fence
-from nbconv.cpu.tasks import claim
+from nbconv.cpu.tasks import claim, in_slices
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
@@ -64,9 +64,15 @@ def conv3d(x, w, bias, geometry, tables, out):
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
     entry, workers, meta = _launch_args(geometry, x.dtype, get_num_threads(), _store_mode(out, blocking))
-    # BAND output rows (n, od, oh...) per task, claimed by the threads from the counter (`tasks.claim`).
-    counter = np.zeros(1, np.int64)
-    launch.run(entry, workers, (inputs, weights, _gather(bias, bias_index), out, *tables, counter, meta))
+    # BAND output rows (n, od, oh...) per task, claimed by the threads from counter[0] (`tasks.claim`);
+    # counter[1:] = the first and end of this launch's slice of the tasks (`tasks.in_slices`).
+    counter = np.zeros(3, np.int64)
+    arrays = (inputs, weights, _gather(bias, bias_index), out, *tables, counter, meta)
+
+    def run(first, end):
+        counter[:] = first, first, end
+        launch.run(entry, workers, arrays)
+    in_slices(run, meta[0], geometry.flops)
 
 
 def _store_mode(out, blocking):
@@ -196,7 +202,7 @@ def group_inputs(x, groups, per_unit):
     return regrouped
 
 
-@njit(parallel=True, cache=CACHE)
+@parallel.kernel(cache=CACHE)
 def _interleave(x, out):
     """out[p, u, i, j] = x[p, u, j, i], in parallel over pixels, reading x in order (NumPy's strided
     copy took 5x longer, writing `out` in order 1.6x)."""
@@ -262,7 +268,7 @@ _LINKED_SOURCES = hashlib.sha256(b"".join(Path(module.__file__).read_bytes()
 @njit(inline="always")
 def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr, vectors, spread, group,
           phased):
-    """One thread's share: runs of tasks claimed from the counter until none are left. The arrays
+    """One thread's share: runs of tasks claimed from counter[0] until the slice's end. The arrays
     are rebuilt from their data pointers and `meta` (`_launch_args`) as flat views, made once: views
     made inside the loop would cost atomic reference counts, which the threads contend for."""
     meta = carray(meta_ptr, (_META,))
@@ -270,7 +276,8 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[12:]
     n_batch = n_tasks // (n_od * bands)
     strides = (d * h * w * cin, h * w * cin, w * cin, cin)
-    counter = carray(counter_ptr, (1,))
+    counter = carray(counter_ptr, (3,))
+    start, end = counter[1], counter[2]
     arrays = (carray(x_ptr, (n_batch * d * h * w * cin,)),
               carray(packed_ptr, (units * blocks * n_taps * cin_g * width,)),
               carray(bias_ptr, (n_bias,)), carray(out_ptr, (n_batch * n_od * n_oh * n_ow * cout,)))
@@ -278,13 +285,13 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     packed_shape = (units, blocks, n_taps, cin_g, width)
     taps = np.empty((n_taps, 3), np.int64)
     tap_args = (taps, tables[0], tables[1], tables[2], strides, cin_g, width, element)
-    first, last = claim(counter, 0, n_tasks, workers)
-    while first < n_tasks:
+    first, last = claim(counter, start, end, workers)
+    while first < end:
         for task in range(first, last):
             n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
             _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), q, (x_step * strides[3], q * cout), n_ow * cout,
                   arrays, packed_shape, (cin, cout), vectors, spread, group, phased, mode)
-        first, last = claim(counter, last, n_tasks, workers)
+        first, last = claim(counter, last, end, workers)
     if mode == STREAMED:  # this thread's non-temporal stores, visible before the call returns
         store_fence()
 

@@ -1,15 +1,19 @@
 """Kernel choice for a CPU convolution."""
 from functools import lru_cache
 
+import numba
+
 from nbconv import config
 from nbconv.cpu import blocked, direct, threads
+from nbconv.cpu.tasks import in_slices
 
 
 def _loop_nest(x, w, bias, geometry, tables, out):
     # Its rows are split into equal prange shares up front, so a worker still asleep would hold the
     # call back (`threads`); the blocked kernel's threads claim their tasks as they go and need no wake.
     threads.wake()
-    direct.conv_grouped(x, w, bias, *tables, out)
+    rows = out.shape[0] * out.shape[1] * out.shape[2]
+    in_slices(lambda first, end: direct.conv_grouped(x, w, bias, *tables, out, first, end), rows, geometry.flops)
 
 
 # name -> run(x, w, bias, geometry, tables, out); each computes every convolution.
@@ -19,6 +23,9 @@ KERNELS = {"blocked": blocked.conv3d, "grouped": _loop_nest}
 def conv3d(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
+    if geometry.flops == 0:  # an empty result, or no input channels to sum (JAX: zeros): the bias alone
+        out[...] = bias
+        return
     kernel, tables = _plan(geometry, x.dtype, config.CPU_KERNEL)
     kernel(x, w, bias, geometry, tables, out)
 
@@ -27,7 +34,13 @@ def conv3d(x, w, bias, geometry, out):
 def _plan(geometry, dtype, forced):
     """The kernel and the tap tables for a geometry, one lookup per call. The kernel: `forced`
     (config.CPU_KERNEL) when set, else the register-blocked micro-kernel once a vector holds 4 or
-    more output channels (of one or several groups), the plain loop nest for the few-channel rest."""
+    more output channels (of one or several groups), the plain loop nest for the few-channel rest
+    and, in Python, under NUMBA_DISABLE_JIT=1 (slow but right: how people debug Numba code)."""
     channels_per_vector = blocked.spread_for(geometry, dtype) * geometry.out_channels // geometry.groups
     name = forced if forced in KERNELS else "blocked" if channels_per_vector >= 4 else "grouped"
+    if numba.config.DISABLE_JIT:  # the micro-kernel is LLVM IR, which only runs compiled
+        if forced == "blocked":
+            raise ValueError("the 'blocked' kernel runs compiled only; under NUMBA_DISABLE_JIT=1 every "
+                             "convolution runs the loop nest ('grouped'), in Python")
+        name = "grouped"
     return KERNELS[name], geometry.tap_tables()

@@ -9,16 +9,18 @@ and C-contiguous; the output rows are accumulated in place, so no buffer beyond 
 from numba import njit, prange
 
 from nbconv.config import CACHE, FASTMATH
+from nbconv.cpu import parallel
 
 
-@njit(parallel=True, fastmath=FASTMATH, error_model="numpy", cache=CACHE)
-def conv_grouped(x, w, bias, idx_d, idx_h, idx_w, out):
-    """Output channels innermost within each group: vectorises when a group has many of them."""
-    n_batch, n_od, n_oh, n_ow, cout = out.shape
+@parallel.kernel(fastmath=FASTMATH, error_model="numpy", cache=CACHE)
+def conv_grouped(x, w, bias, idx_d, idx_h, idx_w, out, first, end):
+    """Output rows (n, od, oh) first... end - 1, flat; output channels innermost within each group:
+    vectorises when a group has many of them."""
+    _, n_od, n_oh, n_ow, cout = out.shape
     n_kd, n_kh, n_kw, cin_g, _ = w.shape
     groups = x.shape[4] // cin_g
     cout_g = cout // groups
-    for row in prange(n_batch * n_od * n_oh):
+    for row in prange(first, end):
         n, od, oh = _row_position(row, n_od, n_oh)
         y = out[n, od, oh]
         _fill_bias(y, bias)

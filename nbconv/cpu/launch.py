@@ -8,14 +8,15 @@ once, as a C function of data pointers (`blocked._entry`), and this loop, compil
 families, calls it by address on each of Numba's threads.
 """
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nbconv.config import CACHE
+from nbconv.cpu import parallel
 
 
-@njit(parallel=True, cache=CACHE)
+@parallel.kernel(cache=CACHE)
 def run(entry, workers, arrays):
     """entry(*data pointers of arrays) on `workers` threads at once."""
     for _ in prange(workers):

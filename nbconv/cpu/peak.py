@@ -6,10 +6,11 @@ import time
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nbconv.cpu import parallel
 from nbconv.cpu.microkernel import TARGET, splat
 
 # Independent accumulators: more than the pipes x latency the micro-kernel assumes
@@ -42,7 +43,7 @@ def _fma_chains(typingctx, steps, scale, shift):
 
 
 
-@njit(parallel=True, cache=True)
+@parallel.kernel(cache=True)
 def _run(threads, steps, scale, shift):
     total = 0.0
     for _ in prange(threads):

@@ -11,9 +11,10 @@ Kernels whose threads claim their tasks as they go (`nbconv.cpu.tasks`) need no 
 runs what the worker has not claimed. Only the plain loop nest, with equal prange shares, wakes first.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads, prange
 
 from nbconv.config import CACHE
+from nbconv.cpu import parallel
 
 
 def wake():
@@ -23,7 +24,7 @@ def wake():
         _touch(np.empty(n_threads, np.int64))
 
 
-@njit(parallel=True, cache=CACHE)
+@parallel.kernel(cache=CACHE)
 def _touch(flags):
     for i in prange(flags.shape[0]):
         flags[i] = i

@@ -20,9 +20,11 @@ def conv3d(x, w, bias, call, out):
     n_out = geometry.out_channels
     bias_dev = _to_device(np.zeros(n_out, compute) if bias is None else _flat(bias), compute)
     tables = [cuda.to_device(table) for table in geometry.tap_tables()]
-    y = cuda.device_array(geometry.out_shape, compute)
-    if y.size:
+    if geometry.flops:
+        y = cuda.device_array(geometry.out_shape, compute)
         launch_conv(x5, w_dev, bias_dev, tables, y, geometry)
+    else:  # an empty result, or no input channels to sum (JAX: zeros): the bias alone
+        y = cuda.to_device(np.ascontiguousarray(np.broadcast_to(bias_dev.copy_to_host(), geometry.out_shape)))
     if not on_device:
         return to_caller_layout(y.copy_to_host(), call, out)
     return _device_result(y, call, out)
