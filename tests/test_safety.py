@@ -10,7 +10,8 @@ each case in a child process, since each touches process-wide state: the threadi
   of the work ends, the rest of `out` left unwritten, and the process stays usable. The signal is
   sent from inside the first slice's launch, so no timing is involved (the note and README give
   the latency measured on a long call).
-- NUMBA_DISABLE_JIT=1: conv3d and the layers still compute the right results (in Python).
+- NUMBA_DISABLE_JIT=1: conv3d and the layers still compute the right results, in Python, on both
+  kernels.
 """
 import os
 import subprocess
@@ -130,8 +131,11 @@ def test_ctrl_c_interrupts_a_long_call(kernel):
     assert "interrupted after 1 launch; written True" in out and "usable True" in out, out
 
 
-def test_numba_disable_jit_computes_right():
-    out = _child(_SETUP + """
+@pytest.mark.parametrize("kernel", ["blocked", "grouped"])
+def test_numba_disable_jit_computes_right(kernel):
+    """Both kernels in Python: the blocked one with its intrinsics' Python twins (`nbconv.cpu.nojit`)."""
+    out = _child(_SETUP + f"""
+nbconv.config.CPU_KERNEL = {kernel!r}
 layer = nbconv.ScaledWSConv3d((3, 5, 7, 8), 8, 3, groups=4)
 x = CASES[0][0]
 right = np.allclose(layer(x), conv3d_reference(x, layer.kernel(), groups=4), rtol=1e-4, atol=1e-4)

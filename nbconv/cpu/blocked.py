@@ -29,6 +29,7 @@ from math import gcd, prod
 from pathlib import Path
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import carray, cfunc, from_dtype, get_num_threads, njit, prange, types
 
@@ -234,7 +235,8 @@ def _launch_args(geometry, dtype, threads, mode):
     meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
                      bias_size, *geometry.in_spatial, geometry.in_channels, *packed, *tables), np.int64)
     meta.flags.writeable = False
-    return _entry(blocking.shape, dtype).address, workers, meta
+    entry = _entry(blocking.shape, dtype)
+    return getattr(entry, "address", entry), workers, meta  # the Python function under NUMBA_DISABLE_JIT
 
 
 def _entry(shape, dtype):
@@ -251,7 +253,11 @@ def _entry(shape, dtype):
     def entry(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta):
         digest  # noqa: B018 (referenced, so that it is a cell of the closure, which Numba's cache keys by)
         _work(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta, vectors, spread, group, phased)
-    ENTRIES[shape, dtype] = cfunc(types.void(*[values] * 4, *[integers] * 5), error_model="numpy", cache=CACHE)(entry)
+    if numba.config.DISABLE_JIT:  # called as Python, with ctypes pointers (`launch._call_python`)
+        ENTRIES[shape, dtype] = entry
+    else:
+        ENTRIES[shape, dtype] = cfunc(types.void(*[values] * 4, *[integers] * 5), error_model="numpy",
+                                      cache=CACHE)(entry)
     return ENTRIES[shape, dtype]
 
 

@@ -1,8 +1,6 @@
 """Kernel choice for a CPU convolution."""
 from functools import lru_cache
 
-import numba
-
 from nbconv import config
 from nbconv.cpu import blocked, direct, threads
 from nbconv.cpu.tasks import in_slices
@@ -34,13 +32,7 @@ def conv3d(x, w, bias, geometry, out):
 def _plan(geometry, dtype, forced):
     """The kernel and the tap tables for a geometry, one lookup per call. The kernel: `forced`
     (config.CPU_KERNEL) when set, else the register-blocked micro-kernel once a vector holds 4 or
-    more output channels (of one or several groups), the plain loop nest for the few-channel rest
-    and, in Python, under NUMBA_DISABLE_JIT=1 (slow but right: how people debug Numba code)."""
+    more output channels (of one or several groups), the plain loop nest for the few-channel rest."""
     channels_per_vector = blocked.spread_for(geometry, dtype) * geometry.out_channels // geometry.groups
     name = forced if forced in KERNELS else "blocked" if channels_per_vector >= 4 else "grouped"
-    if numba.config.DISABLE_JIT:  # the micro-kernel is LLVM IR, which only runs compiled
-        if forced == "blocked":
-            raise ValueError("the 'blocked' kernel runs compiled only; under NUMBA_DISABLE_JIT=1 every "
-                             "convolution runs the loop nest ('grouped'), in Python")
-        name = "grouped"
     return KERNELS[name], geometry.tap_tables()

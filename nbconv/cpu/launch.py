@@ -13,7 +13,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nbconv.config import CACHE
-from nbconv.cpu import parallel
+from nbconv.cpu import nojit, parallel
 
 
 @parallel.kernel(cache=CACHE)
@@ -23,6 +23,11 @@ def run(entry, workers, arrays):
         _call(entry, arrays)
 
 
+def _call_python(entry, arrays):
+    entry(*map(nojit.pointer, arrays))
+
+
+@nojit.python_twin(_call_python)
 @intrinsic
 def _call(typingctx, address, arrays):
     """Call the C function at `address` with the data pointers of the tuple `arrays`."""

@@ -47,6 +47,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nbconv.cpu import nojit
 from nbconv.cpu.target import CACHE_LINE, current
 
 TARGET = current()
@@ -64,12 +65,40 @@ def lanes(dtype):
     return TARGET.lanes(dtype)
 
 
+def _fma_tile_python(vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    """fma_tile's arithmetic in NumPy (NUMBA_DISABLE_JIT=1): the formula of this module's docstring."""
+    n_vec, k, g, d = len(vectors), len(spread), len(group), len(phased)
+    width, phased = lanes(x.dtype), d > 1
+    whole = k == width and not phased
+    pixels = max(n for n in TARGET.pixel_counts(n_vec, whole) if n <= remaining)
+    (x_base, x_step), (w_base, bias_base), (y_base, y_step, channels, _) = x_at, w_at, y_at
+    step, apart = (1, 0) if k == 1 else (k, d) if phased else (n_vec * k, k)
+    lane, vector = np.arange(width), np.arange(n_vec)[:, None]
+    for p in range(pixels):
+        acc = bias[bias_base + vector * width + lane].astype(x.dtype)
+        for x_off, w_off, length in taps[:n_taps]:
+            for i in range(length):
+                inputs = x[x_base + x_off + p * x_step + i * step + vector * apart + lane % k]
+                acc = acc + inputs * w[w_base + w_off + i * n_vec * width + vector * width + lane]
+        # lanes -> channels: c = v * LANES + l; K groups of G group by group; or K phases summed
+        stored = width if k == 1 else g if phased else k * g
+        ordered = (acc[:, :g * k].reshape(n_vec, g, k).sum(axis=2) if phased else
+                   acc[:, [(pos % g) * k + pos // g for pos in range(stored)]] if k > 1 else acc)
+        for v in range(n_vec):
+            count = max(0, min(stored, channels - v * stored))
+            start = y_base + p * y_step + v * stored
+            y[start:start + count] = ordered[v, :count]
+    return pixels
+
+
+@nojit.python_twin(_fma_tile_python)
 @intrinsic
 def fma_tile(typingctx, vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
     sig = types.int64(vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
     return sig, _codegen(TARGET, x.dtype, vectors.count, spread.count, group.count, phased.count)
 
 
+@nojit.python_twin(lambda: None)
 @intrinsic
 def store_fence(typingctx):
     """A full memory fence: non-temporal stores are ordered by nothing weaker."""

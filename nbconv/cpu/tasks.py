@@ -17,6 +17,8 @@ import time
 from numba import njit, types
 from numba.extending import intrinsic
 
+from nbconv.cpu import nojit
+
 # A long call runs as consecutive launches over slices of its tasks, each of about SLICE_SECONDS, so
 # that Python runs its signal handlers (Ctrl-C's KeyboardInterrupt) between them; the first slice
 # is FIRST_SLICE_FLOPS of work (a call shorter than that is one launch: no cost), the next ones sized
@@ -50,6 +52,13 @@ def claim(counter, done, n_tasks, workers):
     return first, min(first + size, n_tasks)
 
 
+def _fetch_add_python(counter, amount):
+    before = counter[0]
+    counter[0] += amount
+    return before
+
+
+@nojit.python_twin(_fetch_add_python)
 @intrinsic
 def _fetch_add(typingctx, counter, amount):
     """counter[0] += amount atomically; -> the value before."""
