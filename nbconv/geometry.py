@@ -6,6 +6,7 @@ Pure Python and NumPy: nothing here compiles. The rules are those of ``jax.lax.c
 import numbers
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from math import prod
 
 import numpy as np
 
@@ -129,11 +130,11 @@ class ConvGeometry:
         """Channels-last, batched output shape."""
         return (self.batch, *self.out_spatial, self.out_channels)
 
-    @property
+    @cached_property
     def flops(self):
         """2 * N * prod(out_spatial) * Cout * prod(kernel) * Cin / groups."""
-        return (2 * self.batch * int(np.prod(self.out_spatial)) * self.out_channels
-                * int(np.prod(self.kernel)) * self.in_channels // self.groups)
+        return (2 * self.batch * prod(self.out_spatial) * self.out_channels * prod(self.kernel)
+                * self.in_channels // self.groups)
 
     def tap_tables(self):
         """`tap_index` of the three spatial axes (cached: calls repeat with the same shapes)."""

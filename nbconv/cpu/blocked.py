@@ -71,7 +71,8 @@ def conv3d(x, w, bias, geometry, tables, out):
     arrays = (inputs, weights, _gather(bias, bias_index), out, *tables, counter, meta)
 
     def run(first, end):
-        counter[:] = first, first, end
+        counter[0] = counter[1] = first  # (three scalar stores: a third of the tuple's assignment)
+        counter[2] = end
         launch.run(entry, workers, arrays)
     in_slices(run, meta[0], geometry.flops)
 

@@ -56,9 +56,12 @@ class Kernel:
         self.serial = njit(**options)(_twin(function))
 
     def __call__(self, *args):
+        if _STATE.unguarded:  # the usual case, once known: one attribute lookup per call
+            return self.parallel(*args)
         if _STATE.forked_from_gnu_openmp:
             return self.serial(*args)
         if _layer() in _THREAD_SAFE:
+            _STATE.unguarded = True
             return self.parallel(*args)
         with _STATE.lock:
             return self.parallel(*args)
@@ -83,11 +86,13 @@ _THREAD_SAFE = ("tbb", "omp")
 
 
 def _layer():
-    """The threading layer Numba chose, None before the first parallel launch."""
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return None
+    """The threading layer Numba chose, None before the first parallel launch (then it stays)."""
+    if _STATE.layer is None:
+        try:
+            _STATE.layer = numba.threading_layer()
+        except ValueError:
+            pass
+    return _STATE.layer
 
 
 def _gnu_openmp():
@@ -98,9 +103,11 @@ def _gnu_openmp():
 
 
 class _State:
-    def __init__(self, forked_from_gnu_openmp=False):
+    def __init__(self, forked_from_gnu_openmp=False, layer=None):
         self.lock = threading.Lock()  # new in a child: another thread may have held the parent's
         self.forked_from_gnu_openmp = forked_from_gnu_openmp
+        self.layer = layer
+        self.unguarded = False  # a thread-safe layer, in a process that can run it
 
 
 _STATE = _State()
@@ -108,7 +115,7 @@ _STATE = _State()
 
 def _after_fork_in_child():
     global _STATE
-    _STATE = _State(_STATE.forked_from_gnu_openmp or _gnu_openmp())
+    _STATE = _State(_STATE.forked_from_gnu_openmp or _gnu_openmp(), _STATE.layer)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork

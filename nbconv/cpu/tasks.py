@@ -33,7 +33,10 @@ def in_slices(run, n_tasks, flops):
     """run(first, end) for consecutive slices of range(n_tasks), of about SLICE_SECONDS each; `flops`
     is the work of all of them. An exception between two slices (KeyboardInterrupt) leaves the
     tasks of the later ones undone."""
-    size, first = max(1, int(n_tasks * min(1.0, FIRST_SLICE_FLOPS / max(flops, 1)))), 0
+    if flops <= FIRST_SLICE_FLOPS:  # most calls: one launch, nothing to time
+        run(0, n_tasks)
+        return
+    size, first = max(1, int(n_tasks * FIRST_SLICE_FLOPS / flops)), 0
     while first < n_tasks:
         end = min(n_tasks, first + size)
         began = time.perf_counter()
