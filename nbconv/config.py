@@ -12,3 +12,7 @@ CACHE = True
 # every problem this way.
 CPU_KERNEL = None
 CUDA_KERNEL = None
+
+# Kernel threads of each task of a conv3d on a Dask array (nbconv.chunked): 1, since Dask's schedulers
+# run a task per core already (threads or worker processes); None = Numba's count for the thread.
+DASK_TASK_THREADS = 1

@@ -6,7 +6,7 @@ from math import prod
 
 import numpy as np
 
-from nbconv import buffers, cpu
+from nbconv import buffers, chunked, cpu
 from nbconv.dispatch import choose_backend, cuda_module, is_device_array
 from nbconv.dtypes import conv_dtypes
 from nbconv.geometry import ConvGeometry, conv_geometry
@@ -42,12 +42,24 @@ def conv3d(x, w, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, gr
     (KeyboardInterrupt) leaves it partly written. backend: 'auto' (CUDA for device arrays), 'cpu' or 'cuda'.
     """
     backend = choose_backend(backend, x, w, bias)
+    options = (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
+    if chunked.is_dask_array(x):
+        return _conv3d_dask(x, w, bias, options, backend, out)
     x, w, bias = _host_array(x, "x"), _host_array(w, "w"), _host_array(bias, "bias", optional=True)
-    call = _validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
+    call = _validate(x, w, bias, options)
     if out is not None:
         _check_out(out, call, x, w, bias)
     run = cuda_module().conv3d if backend == "cuda" else _conv3d_cpu
     return run(x, w, bias, call, out)
+
+
+def _conv3d_dask(x, w, bias, options, backend, out):
+    """A lazy Dask result (nbconv.chunked); w and bias are NumPy (a Dask w or bias is computed once)."""
+    if out is not None:
+        raise TypeError("out= takes a NumPy or device array; with a Dask x the result is lazy: store it with "
+                        "y.store(...) or y.to_zarr(...)")
+    w, bias = _host_array(w, "w"), _host_array(bias, "bias", optional=True)
+    return chunked.conv3d(x, w, bias, _validate(x, w, bias, options), backend)
 
 
 def _host_array(a, name, optional=False):

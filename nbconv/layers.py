@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from nbconv import init
+from nbconv.chunked import is_dask_array
 from nbconv.dispatch import is_device_array
 from nbconv.functional import conv3d, positive_number, weight_standardization
 from nbconv.geometry import conv_geometry, normalize_padding, spatial_triple
@@ -74,7 +75,7 @@ class Conv3d:
 
     def update(self, x):
         self._check_input(x)
-        y = conv3d(x if is_device_array(x) else np.asarray(x), self.kernel(), stride=self.stride,
+        y = conv3d(x if is_device_array(x) or is_dask_array(x) else np.asarray(x), self.kernel(), stride=self.stride,
                    padding=self.padding, lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation,
                    groups=self.groups, bias=self.weight.value.get("bias"),
                    channel_first=self.channel_first, backend=self.backend)
@@ -149,7 +150,8 @@ def _positive_int(value, name):
 
 def _like_input(y, x):
     """Give the result back as the kind of array the caller passed: NumPy and device arrays as they
-    come; other array-API arrays (JAX, ...) through their namespace's asarray."""
-    if isinstance(x, np.ndarray) or is_device_array(x) or not hasattr(x, "__array_namespace__"):
+    come, Dask arrays lazy; other array-API arrays (JAX, ...) through their namespace's asarray."""
+    if (isinstance(x, np.ndarray) or is_device_array(x) or is_dask_array(x)
+            or not hasattr(x, "__array_namespace__")):
         return y
     return x.__array_namespace__().asarray(y)

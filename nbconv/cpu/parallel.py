@@ -43,8 +43,10 @@ _load_tbb()
 
 
 def kernel(**options):
-    """Decorator: `njit(parallel=True, **options)` with a serial twin, launched as described above."""
-    return lambda function: Kernel(function, options)
+    """Decorator: `njit(parallel=True, nogil=True, **options)` with a serial twin, launched as
+    described above. The kernels release the GIL, so that Python threads (Dask's threaded scheduler,
+    a server's pool) run them at once; they touch nothing but the arrays they are given."""
+    return lambda function: Kernel(function, {"nogil": True, **options})
 
 
 class Kernel:

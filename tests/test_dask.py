@@ -1,0 +1,112 @@
+"""conv3d and the layers on Dask arrays (`nbconv.chunked`): lazy results equal to the NumPy reference
+for random shapes, options and chunkings (chunks smaller than the halo, chunks of one element,
+uneven last chunks), on the synchronous, threaded and distributed schedulers."""
+import subprocess
+import sys
+from pathlib import Path
+
+import dask.array as da
+import distributed
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nbconv
+from nbconv import config
+from tests.support import assert_conv_close
+
+
+@st.composite
+def problems(draw):
+    groups = draw(st.sampled_from([1, 2]))
+    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    kernel = tuple(draw(st.integers(1, 3)) for _ in range(3))
+    spatial = tuple(draw(st.integers(1, 9)) for _ in range(3))
+    batch = draw(st.integers(1, 2))
+    padding = draw(st.one_of(st.sampled_from(["SAME", "VALID"]),
+                             st.tuples(*[st.tuples(st.integers(-2, 3), st.integers(-2, 3))] * 3)))
+    options = dict(stride=tuple(draw(st.integers(1, 3)) for _ in range(3)), padding=padding,
+                   lhs_dilation=tuple(draw(st.integers(1, 3)) for _ in range(3)),
+                   rhs_dilation=tuple(draw(st.integers(1, 2)) for _ in range(3)), groups=groups)
+    chunks = (draw(st.integers(1, batch)), *(draw(st.integers(1, n)) for n in spatial), draw(st.integers(1, cin)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((batch, *spatial, cin))
+    w = rng.standard_normal((*kernel, cin // groups, cout))
+    bias = rng.standard_normal(cout) if draw(st.booleans()) else None
+    return x, w, bias, options, chunks
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_equals_the_reference_for_any_options_and_chunks(problem):
+    x, w, bias, options, chunks = problem
+    y = nbconv.conv3d(da.from_array(x, chunks=chunks), w, bias=bias, **options)
+    assert isinstance(y, da.Array)
+    assert_conv_close(y.compute(scheduler="sync"), x, w, bias=bias, **options)
+
+
+@pytest.mark.parametrize("channel_first, batched", [(True, True), (False, False), (True, False)])
+def test_layouts_and_dtypes(channel_first, batched):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 6, 3)).astype(np.float16)  # float16: computed in float32
+    w = rng.standard_normal((3, 2, 3, 3, 4)).astype(np.float16)
+    x_caller = np.moveaxis(x, -1, 1) if channel_first else x
+    x_caller = x_caller if batched else x_caller[0]
+    y = nbconv.conv3d(da.from_array(x_caller, chunks=2), w, stride=(1, 2, 1), channel_first=channel_first)
+    single = nbconv.conv3d(x_caller, w, stride=(1, 2, 1), channel_first=channel_first)
+    assert y.dtype == single.dtype == np.float16 and y.shape == single.shape
+    assert_conv_close(y.compute(), x_caller, w, stride=(1, 2, 1), channel_first=channel_first)
+
+
+def test_output_chunks_follow_the_input_chunks():
+    x = da.zeros((2, 32, 32, 32, 4), chunks=(1, 8, 16, 32, 4), dtype=np.float32)
+    y = nbconv.conv3d(x, np.zeros((3, 3, 3, 4, 6), np.float32), stride=(1, 2, 1))
+    assert y.chunks == ((1, 1), (8, 8, 8, 8), (8, 8), (32,), (6,))
+
+
+def test_weights_enter_the_graph_once():
+    x = da.zeros((1, 16, 16, 16, 4), chunks=4, dtype=np.float32)
+    w = np.random.default_rng(0).standard_normal((3, 3, 3, 4, 8)).astype(np.float32)
+    graph = dict(nbconv.conv3d(x, w, bias=np.ones(8, np.float32)).__dask_graph__())
+    assert sum(1 for value in graph.values() if isinstance(value, np.ndarray) and value.nbytes == w.nbytes) <= 1
+
+
+def test_threaded_scheduler_and_the_task_threads(monkeypatch):
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((2, 12, 10, 9, 6)), rng.standard_normal((3, 3, 3, 3, 8))
+    monkeypatch.setattr(config, "DASK_TASK_THREADS", 1)
+    y = nbconv.conv3d(da.from_array(x, chunks=(1, 5, 4, 9, 6)), w, groups=2, padding=((2, 1), (0, 0), (1, 1)))
+    assert_conv_close(y.compute(scheduler="threads"), x, w, groups=2, padding=((2, 1), (0, 0), (1, 1)))
+
+
+def test_layers_take_dask_arrays():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 8, 8, 3)).astype(np.float32)
+    layer = nbconv.ScaledWSConv3d((6, 8, 8, 3), 6, 3, stride=(1, 2, 2), b_init=nbconv.init.Constant(0.5))
+    y = layer(da.from_array(x, chunks=(1, 3, 4, 8, 3)))
+    assert isinstance(y, da.Array)
+    bias = layer.weight.value["bias"].reshape(-1)
+    assert_conv_close(y.compute(), x, layer.kernel(), stride=(1, 2, 2), bias=bias)
+
+
+def test_distributed_local_cluster():
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((1, 10, 9, 8, 4)), rng.standard_normal((3, 3, 3, 4, 5))
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        y = nbconv.conv3d(da.from_array(x, chunks=(1, 4, 5, 8, 4)), w, stride=2, lhs_dilation=(1, 2, 1))
+        assert_conv_close(client.compute(y).result(), x, w, stride=2, lhs_dilation=(1, 2, 1))
+
+
+def test_out_is_refused_for_a_dask_x():
+    with pytest.raises(TypeError, match="out= takes a NumPy or device array"):
+        nbconv.conv3d(da.zeros((1, 4, 4, 4, 2), chunks=2), np.zeros((1, 1, 1, 2, 2)), out=np.zeros((1, 4, 4, 4, 2)))
+
+
+def test_nbconv_imports_dask_only_for_dask_arrays():
+    code = ("import sys, numpy as np, nbconv; nbconv.conv3d(np.ones((1, 2, 2, 2, 4)), np.ones((1, 1, 1, 4, 4))); "
+            "print('dask' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.split() == ["False"], result.stdout + result.stderr
