@@ -13,7 +13,9 @@ graph has one task per output block, which copies the parts of the input chunks 
 (`nbconv.config`), so that a scheduler running a task per core does not ask each core for all.
 """
 import sys
+import threading
 from itertools import product
+from math import prod
 
 import numba
 import numpy as np
@@ -118,7 +120,7 @@ def _block(chunks, parts, window, result, w, bias, pads, options, backend):
     many blocks at once, and glibc gives the memory of the stored ones to the next (no page faults)."""
     from nbconv.functional import conv3d
 
-    x = np.empty((*window, chunks[0].shape[-1]), chunks[0].dtype)
+    x = _scratch((*window, chunks[0].shape[-1]), chunks[0].dtype)
     for chunk, (source, target) in zip(chunks, parts):
         x[target] = chunk[source]
     out = np.empty(*result)
@@ -128,3 +130,15 @@ def _block(chunks, parts, window, result, w, bias, pads, options, backend):
         return conv3d(x, w, padding=pads, bias=bias, backend=backend, out=out, **options)
     finally:
         numba.set_num_threads(before)
+
+
+_THREAD = threading.local()
+
+
+def _scratch(shape, dtype):
+    """An array over this thread's window buffer, kept between its tasks (a window is used up within
+    its task): a fresh one of several MB faulted its pages in every time."""
+    nbytes = prod(shape) * np.dtype(dtype).itemsize
+    if getattr(_THREAD, "buffer", None) is None or _THREAD.buffer.nbytes < nbytes:
+        _THREAD.buffer = np.empty(nbytes, np.uint8)
+    return _THREAD.buffer[:nbytes].view(dtype).reshape(shape)
