@@ -2,8 +2,9 @@
 
 Numba runs `parallel=True` code on one threading layer per process: by default TBB where it finds
 it, else OpenMP, else its own `workqueue`; `NUMBA_THREADING_LAYER` chooses. TBB is safe under
-threads and fork, but on the public workloads it ran 6-20% slower than GNU OpenMP here (README,
-"Threads, fork and Ctrl-C"), so nbconv does not bring it in: it makes up for the other two instead,
+threads and fork, but on the public workloads it ran 10-40% slower than GNU OpenMP here (nbconv
+alone; 5-20% beside PyTorch: README, "Threads, fork and Ctrl-C"), so nbconv does not bring it in
+(the `tbb` extra does, for NUMBA_THREADING_LAYER=tbb); it makes up for the other two instead,
 as nbconv is called from other people's thread pools and `multiprocessing` workers:
 - GNU OpenMP (Linux) is not fork-safe: in a process forked after it ran (multiprocessing's `fork`,
   PyTorch's DataLoader workers), Numba kills the process at its first parallel launch. There each
