@@ -1,6 +1,7 @@
 """conv3d and the layers on Dask arrays (`nbconv.chunked`): lazy results equal to the NumPy reference
 for random shapes, options and chunkings (chunks smaller than the halo, chunks of one element,
 uneven last chunks), on the synchronous, threaded and distributed schedulers."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,18 @@ def test_nbconv_imports_dask_only_for_dask_arrays():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.split() == ["False"], result.stdout + result.stderr
+
+
+def test_blocks_of_a_killed_worker_are_computed_again():
+    """A worker dies holding results (os._exit in it): the scheduler reruns the tasks of the blocks it
+    held, from the graph, and the result is still the convolution."""
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((1, 16, 16, 16, 4)), rng.standard_normal((3, 3, 3, 4, 4))
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        y = client.persist(nbconv.conv3d(da.from_array(x, chunks=8), w, padding=1))
+        distributed.wait(y)
+        holders = {worker for workers in client.who_has(y).values() for worker in workers}
+        victim = sorted(holders)[0]
+        client.run(os._exit, 1, workers=[victim], on_error="ignore")  # it dies before it can answer
+        assert_conv_close(y.compute(), x, w, padding=1)
