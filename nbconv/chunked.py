@@ -50,7 +50,8 @@ def conv3d(x, w, bias, call, backend):
     spans = [_output_chunks(x5.chunks[1 + axis], geometry.in_spatial[axis], geometry.out_spatial[axis])
              for axis in range(3)]
     w_task, bias_task = dask.delayed(w, pure=True), dask.delayed(bias, pure=True)
-    alone = np.zeros(geometry.out_channels) if bias is None else np.asarray(bias, call.compute_dtype).reshape(-1)
+    alone = (np.zeros(geometry.out_channels) if bias is None else np.asarray(bias, call.compute_dtype).reshape(-1)
+             ).astype(call.result_dtype)  # a block that no real input reaches
     name = "nbconv-conv3d-" + tokenize(x5, w, bias, geometry, backend)
     starts = [np.cumsum((0,) + sizes) for sizes in x5.chunks[:4]]
     layer = {}
@@ -59,12 +60,12 @@ def conv3d(x, w, bias, call, backend):
         windows = [_window(o0, o1, geometry, axis) for axis, (o0, o1) in enumerate(ranges)]
         shape = (x5.chunks[0][index[0]], *(o1 - o0 for o0, o1 in ranges), geometry.out_channels)
         if any(window is None for window in windows):  # no real input reaches these outputs: the bias
-            layer[(name, *index, 0)] = (np.broadcast_to, alone.astype(call.result_dtype), shape)
+            layer[(name, *index, 0)] = (np.broadcast_to, alone, shape)
             continue
-        ranges = [(starts[0][index[0]], starts[0][index[0] + 1]), *((i0, i1) for i0, i1, _ in windows)]
-        pieces = list(_pieces(x5.name, starts, ranges))
+        inputs = [(starts[0][index[0]], starts[0][index[0] + 1]), *((i0, i1) for i0, i1, _ in windows)]
+        pieces = list(_pieces(x5.name, starts, inputs))
         layer[(name, *index, 0)] = (_block, [key for key, _ in pieces], [part for _, part in pieces],
-                                    [b - a for a, b in ranges], (shape, call.result_dtype), w_task.key,
+                                    [b - a for a, b in inputs], (shape, call.result_dtype), w_task.key,
                                     bias_task.key, tuple(pad for _, _, pad in windows), options, backend)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[x5, w_task, bias_task])
     chunks = (x5.chunks[0], *(tuple(o1 - o0 for o0, o1 in axis) for axis in spans), (geometry.out_channels,))

@@ -6,10 +6,7 @@ def conv_dtypes(*dtypes):
     """-> (compute dtype, result dtype). float32/float64 natively, mixed inputs by np.result_type,
     float16 computed in float32 and returned as float16, integers and bools in float64."""
     for name, dtype in dtypes:
-        if dtype.kind == "c":
-            raise TypeError(f"{name} must be real; complex dtype {dtype} is not supported")
-        if dtype.kind not in "biuf":
-            raise TypeError(f"{name} must have a numeric dtype, got {dtype}")
+        check_real(name, dtype)
     result = np.result_type(*(dtype for _, dtype in dtypes))
     if result.kind in "biu":
         return np.dtype(np.float64), np.dtype(np.float64)
@@ -18,3 +15,11 @@ def conv_dtypes(*dtypes):
     if result not in (np.float32, np.float64):
         raise TypeError(f"conv3d computes in float16, float32 or float64, not {result}")
     return result, result
+
+
+def check_real(name, dtype):
+    """TypeError naming `name` unless `dtype` holds real numbers (bools and integers too)."""
+    if dtype.kind == "c":
+        raise TypeError(f"{name} must be real; complex dtype {dtype} is not supported")
+    if dtype.kind not in "biuf":
+        raise TypeError(f"{name} must have a numeric dtype, got {dtype}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from nbconv import buffers, chunked, cpu
 from nbconv.dispatch import choose_backend, cuda_module, is_device_array
-from nbconv.dtypes import conv_dtypes
+from nbconv.dtypes import check_real, conv_dtypes
 from nbconv.geometry import ConvGeometry, conv_geometry
 
 
@@ -176,8 +176,8 @@ def weight_standardization(w, eps=1e-4, gain=None, out_axis=-1, backend="auto"):
     eps = positive_number(eps, "eps")
     compute, result = conv_dtypes(("w", np.dtype(w.dtype)))
     cout = w.shape[axis]
-    if gain is not None and gain.dtype.kind not in "biuf":
-        raise TypeError(f"gain must hold real numbers, got dtype {gain.dtype}")
+    if gain is not None:
+        check_real("gain", np.dtype(gain.dtype))
     if gain is not None and gain.size not in (1, cout):
         raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {gain.shape}")
     columns = np.ascontiguousarray(np.moveaxis(w, axis, -1).reshape(-1, cout), dtype=compute)

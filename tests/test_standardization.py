@@ -81,7 +81,7 @@ def test_float16_is_computed_in_float32():
     (dict(eps=np.ones(2)), ValueError, "eps must be a positive number"),
     (dict(eps=float("nan")), ValueError, "eps must be a positive number"),
     (dict(out_axis=True), ValueError, "out_axis must be an int"),
-    (dict(gain=np.ones(4, complex)), TypeError, "gain must hold real numbers"),
+    (dict(gain=np.ones(4, complex)), TypeError, "gain must be real; complex dtype"),
     (dict(w=None), TypeError, "w must be an array, got None"),
 ])
 def test_bad_arguments(kwargs, error, message):

@@ -33,9 +33,9 @@ Vectors are as wide as the compile target's registers (`nbconv.cpu.target`: 16 f
 AVX-512, 8 on AVX2, 4 on SSE and NEON), multiplied and added by ``llvm.fmuladd`` (an FMA where the
 target has one, a multiply and an add where not: never a call to libm's fma). Each (V, K, G, D)
 compiles separately, with only its own bodies. P is a run-time value: the IR holds one unrolled body
-per pixel count of the target's `pixels[V]` (`whole[V]` with K = LANES) behind a switch; with K = LANES, bodies of the
-target's `sliding` pixel counts also hold a sliding-window variant, taken when x_step = S
-(`_Emitter.slide`).
+per pixel count of the target's `pixels[V]` (`whole[V]` with K = LANES) behind a switch; with K =
+LANES, bodies of the target's `sliding` pixel counts also hold a sliding-window variant, taken when
+x_step = S (`_Emitter.slide`).
 `bias` must have V * LANES readable values from `bias_base`. `tile_module` emits the same bodies as a
 plain LLVM module for any target, to read their machine code (tests/test_isa.py).
 """
@@ -69,10 +69,9 @@ def _fma_tile_python(vectors, spread, group, phased, remaining, x, x_at, taps, n
     """fma_tile's arithmetic in NumPy (NUMBA_DISABLE_JIT=1): the formula of this module's docstring."""
     n_vec, k, g, d = len(vectors), len(spread), len(group), len(phased)
     width, phased = lanes(x.dtype), d > 1
-    whole = k == width and not phased
-    pixels = max(n for n in TARGET.pixel_counts(n_vec, whole) if n <= remaining)
+    pixels = max(n for n in TARGET.pixel_counts(n_vec, _whole(width, k, phased)) if n <= remaining)
     (x_base, x_step), (w_base, bias_base), (y_base, y_step, channels, _) = x_at, w_at, y_at
-    step, apart = (1, 0) if k == 1 else (k, d) if phased else (n_vec * k, k)
+    step, apart = _input_steps(n_vec, k, d)
     lane, vector = np.arange(width), np.arange(n_vec)[:, None]
     for p in range(pixels):
         acc = bias[bias_base + vector * width + lane].astype(x.dtype)
@@ -81,7 +80,7 @@ def _fma_tile_python(vectors, spread, group, phased, remaining, x, x_at, taps, n
                 inputs = x[x_base + x_off + p * x_step + i * step + vector * apart + lane % k]
                 acc = acc + inputs * w[w_base + w_off + i * n_vec * width + vector * width + lane]
         # lanes -> channels: c = v * LANES + l; K groups of G group by group; or K phases summed
-        stored = width if k == 1 else g if phased else k * g
+        stored = _stored(width, k, g, phased)
         ordered = (acc[:, :g * k].reshape(n_vec, g, k).sum(axis=2) if phased else
                    acc[:, [(pos % g) * k + pos // g for pos in range(stored)]] if k > 1 else acc)
         for v in range(n_vec):
@@ -142,6 +141,25 @@ def tile_module(target, dtype, n_vec, spread, group, distance):
 _ELEMENTS = {4: ir.FloatType(), 8: ir.DoubleType()}
 
 
+def _whole(width, spread, phased):
+    """Whether a vector's inputs are whole vectors of x (K = LANES groups, not input phases)."""
+    return spread == width and not phased
+
+
+def _stored(width, spread, group, phased):
+    """Output channels one vector holds: LANES, its K groups of G, or the G of its group."""
+    return width if spread == 1 else group if phased else spread * group
+
+
+def _input_steps(n_vec, spread, phases):
+    """(S, distance): how far x advances per reduction element, and from one vector's inputs to the
+    next's: K = 1 broadcasts (1, 0); K input phases of a group of D inputs (K, D); K groups per
+    vector, side by side (V * K, K)."""
+    if spread == 1:
+        return 1, 0
+    return (spread, phases) if phases > 1 else (n_vec * spread, spread)
+
+
 def splat(builder, vec, value):
     """`value` in every lane of the vector type `vec`."""
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
@@ -157,9 +175,8 @@ class _Emitter:
         self.target, self.blocking = target, target.blocking
         self.spread = spread
         self.group = group
+        self.phases = distance  # D: the group's input channels with input phases, else 1
         self.phased = distance > 1
-        # x distance between the inputs of consecutive vectors
-        self.distance = distance if self.phased else spread
         self.width = target.lanes(dtype)
         self.align = np.dtype(str(dtype)).itemsize
         self.vec = ir.VectorType(_ELEMENTS[self.align], self.width)
@@ -189,8 +206,7 @@ class _Emitter:
 
     @property
     def whole(self):
-        """Whether a vector's inputs are whole vectors of x (K = LANES, not phases)."""
-        return self.spread == self.width and not self.phased
+        return _whole(self.width, self.spread, self.phased)
 
     def const(self, value):
         return ir.Constant(ir.IntType(64), value)
@@ -243,7 +259,7 @@ class _Emitter:
                 b.store(ir.Constant(self.vec, None), slot)
             # Vector v's inputs are v * distance further in x (K = 1: shared), its weights and bias
             # v * LANES further, its channels v * stored further in y.
-            x_first = b.add(x_base, b.mul(first, c(self.distance if self.spread > 1 else 0)))
+            x_first = b.add(x_base, b.mul(first, c(_input_steps(n_vec, self.spread, self.phases)[1])))
             w_first = b.add(w_base, b.mul(first, c(self.width)))
             reduce(acc, n_vec, range(size), n_pix, data, taps, n_taps, (x_first, x_step), w_first)
             skipped = b.mul(first, c(self.stored))
@@ -387,8 +403,7 @@ class _Emitter:
 
     @property
     def stored(self):
-        """Output channels one vector holds: LANES, its K groups of G, or the G of its group."""
-        return self.width if self.spread == 1 else self.group if self.phased else self.spread * self.group
+        return _stored(self.width, self.spread, self.group, self.phased)
 
     def store_mask(self, left):
         """Lanes to store of a vector whose channels start `left` before the end of the block."""
@@ -452,11 +467,12 @@ class _Emitter:
         b, c, width, k = self.builder, self.const, self.width, self.spread
         w_row = b.add(w_first, b.mul(i, c(n_vec * width)))
         weights = {v: self.load_vector(data["w"], b.add(w_row, c(v * width))) for v in vs}
-        x_row = b.add(x_first, b.mul(i, c(1 if k == 1 else k if self.phased else n_vec * k)))
+        element, apart = _input_steps(n_vec, k, self.phases)
+        x_row = b.add(x_first, b.mul(i, c(element)))
         for p in range(n_pix):
             at = b.add(x_row, b.mul(x_step, c(p)))
             # K = 1: one broadcast serves every vector; else vector v reads its own K inputs.
             broadcast = self.load_spread(data["x"], at) if k == 1 else None
             for v in vs:
-                value = broadcast or self.load_spread(data["x"], b.add(at, c(v * self.distance)))
+                value = broadcast or self.load_spread(data["x"], b.add(at, c(v * apart)))
                 b.store(b.call(self.fma, [value, weights[v], b.load(acc[p][v])]), acc[p][v])

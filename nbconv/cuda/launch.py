@@ -18,13 +18,14 @@ def conv3d(x, w, bias, call, out):
     x5 = _canonical_input(x, call)
     w_dev = _to_device(w, compute)
     n_out = geometry.out_channels
-    bias_dev = _to_device(np.zeros(n_out, compute) if bias is None else _flat(bias), compute)
+    bias_host = np.zeros(n_out, compute) if bias is None else _flat(bias)
+    bias_dev = _to_device(bias_host, compute)
     tables = [cuda.to_device(table) for table in geometry.tap_tables()]
     if geometry.flops:
         y = cuda.device_array(geometry.out_shape, compute)
         launch_conv(x5, w_dev, bias_dev, tables, y, geometry)
     else:  # an empty result, or no input channels to sum (JAX: zeros): the bias alone
-        y = cuda.to_device(np.ascontiguousarray(np.broadcast_to(bias_dev.copy_to_host(), geometry.out_shape)))
+        y = cuda.to_device(np.ascontiguousarray(np.broadcast_to(bias_host.astype(compute), geometry.out_shape)))
     if not on_device:
         return to_caller_layout(y.copy_to_host(), call, out)
     return _device_result(y, call, out)
