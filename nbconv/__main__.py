@@ -1,5 +1,6 @@
 """`python -m nbconv`: convolve the seed example shapes on the CPU and report what was achieved.
-`python -m nbconv bench ...`: the peer comparison (see nbconv/compare.py)."""
+`python -m nbconv bench ...`: the peer comparison (see nbconv/compare.py).
+`python -m nbconv volume ...`: a layer over a Zarr volume on a dask.distributed cluster (nbconv/volume.py)."""
 import argparse
 import sys
 import time
@@ -37,6 +38,9 @@ def main(argv=None):
     if argv[:1] == ["bench"]:
         from nbconv.compare import main as bench
         return bench(argv[1:])
+    if argv[:1] == ["volume"]:
+        from nbconv.volume import main as volume
+        return volume(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m nbconv", description=__doc__)
     parser.add_argument("cases", nargs="*", default=list(SEED_CASES),
                         help="workload names from workloads.json (default: the seed examples)")

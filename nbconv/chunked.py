@@ -7,13 +7,18 @@ Here each axis's output chunks follow x's (scaled to the output's size), and for
 dilation, stride, lhs dilation, padding) and the explicit padding that makes a convolution of just
 that window give exactly those outputs: the real pads at the volume's edges, negative ones (a crop)
 or the zeros between dilated inputs inside it. So every option works the same as on NumPy. The
-graph has one task per output block, which copies the parts of the input chunks its window overlaps
-(not a slicing layer per block: 1826 tasks for 32 blocks made the scheduler's ordering alone cost
-0.15 s). w and the bias enter the graph once; each task runs the kernel on DASK_TASK_THREADS threads
-(`nbconv.config`), so that a scheduler running a task per core does not ask each core for all.
+graph has one task per output block, which assembles its window from the input chunks it covers
+whole and the halos of the others, and one task per input chunk that others only partly read,
+which copies out those parts (`_halo`): on a cluster a block then fetches thin slabs from another
+worker, not whole chunks (a slicing task per block and chunk instead: 1826 tasks for 32 blocks made
+the scheduler's ordering alone cost 0.15 s). The tasks are `dask.task_spec.Task`s: tuples cost
+0.2-0.3 s of conversion per 256 blocks. w and the bias enter the graph once; each task runs the
+kernel on DASK_TASK_THREADS threads (`nbconv.config`), so that a scheduler running a task per core
+does not ask each core for all.
 """
 import sys
 import threading
+from collections import namedtuple
 from itertools import product
 from math import prod
 
@@ -37,6 +42,7 @@ def conv3d(x, w, bias, call, backend):
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
+    from dask.task_spec import List, Task, TaskRef
 
     if any(np.isnan(size) for size in x.shape):
         raise ValueError("x must have known chunk sizes (call x.compute_chunk_sizes() first)")
@@ -47,44 +53,80 @@ def conv3d(x, w, bias, call, backend):
     geometry = call.geometry
     options = dict(stride=geometry.stride, lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.rhs_dilation,
                    groups=geometry.groups)
-    spans = [_output_chunks(x5.chunks[1 + axis], geometry.in_spatial[axis], geometry.out_spatial[axis])
-             for axis in range(3)]
+    # Each axis's cuts once; a block is one cut of each axis.
+    axes = [[_Cut(n, n, (0, 0), _parts(x5.chunks[0], a, a + n)) for a, n in zip(np.cumsum((0,) + x5.chunks[0]),
+                                                                               x5.chunks[0])],
+            *(_spatial_cuts(x5.chunks[1 + axis], geometry, axis) for axis in range(3))]
     w_task, bias_task = dask.delayed(w, pure=True), dask.delayed(bias, pure=True)
     alone = (np.zeros(geometry.out_channels) if bias is None else np.asarray(bias, call.compute_dtype).reshape(-1)
              ).astype(call.result_dtype)  # a block that no real input reaches
-    name = "nbconv-conv3d-" + tokenize(x5, w, bias, geometry, backend)
-    starts = [np.cumsum((0,) + sizes) for sizes in x5.chunks[:4]]
-    layer = {}
-    for index in product(range(len(x5.chunks[0])), *map(range, map(len, spans))):
-        ranges = [spans[axis][index[1 + axis]] for axis in range(3)]
-        windows = [_window(o0, o1, geometry, axis) for axis, (o0, o1) in enumerate(ranges)]
-        shape = (x5.chunks[0][index[0]], *(o1 - o0 for o0, o1 in ranges), geometry.out_channels)
-        if any(window is None for window in windows):  # no real input reaches these outputs: the bias
-            layer[(name, *index, 0)] = (np.broadcast_to, alone, shape)
+    token = tokenize(x5, w, bias, geometry, backend)
+    name, halo_name = "nbconv-conv3d-" + token, "nbconv-halo-" + token
+    layer, halos = {}, {}  # halos: input chunk index -> {its slices a block reads: place in its halo}
+    for index in product(*(range(len(cuts)) for cuts in axes)):
+        cuts = [cuts[i] for cuts, i in zip(axes, index)]
+        shape, key = (*(cut.size for cut in cuts), geometry.out_channels), (name, *index, 0)
+        if any(cut.parts is None for cut in cuts):  # no real input reaches these outputs: the bias
+            layer[key] = Task(key, np.broadcast_to, alone, shape)
             continue
-        inputs = [(starts[0][index[0]], starts[0][index[0] + 1]), *((i0, i1) for i0, i1, _ in windows)]
-        pieces = list(_pieces(x5.name, starts, inputs))
-        layer[(name, *index, 0)] = (_block, [key for key, _ in pieces], [part for _, part in pieces],
-                                    [b - a for a, b in inputs], (shape, call.result_dtype), w_task.key,
-                                    bias_task.key, tuple(pad for _, _, pad in windows), options, backend)
+        inputs, parts = [], []
+        for piece in product(*(cut.parts for cut in cuts)):
+            chunk, target = tuple(part.chunk for part in piece), tuple(part.target for part in piece)
+            if all(part.whole for part in piece):
+                inputs.append(TaskRef((x5.name, *chunk, 0)))
+                parts.append((None, target))
+            else:
+                places = halos.setdefault(chunk, {})
+                inputs.append(TaskRef((halo_name, *chunk)))
+                bounds = tuple((part.source.start, part.source.stop) for part in piece)  # slices: unhashable
+                parts.append((places.setdefault(bounds, len(places)), target))
+        layer[key] = Task(key, _block, List(*inputs), parts, [cut.window for cut in cuts], (shape, call.result_dtype),
+                          TaskRef(w_task.key), TaskRef(bias_task.key), tuple(cut.pads for cut in cuts[1:]), options,
+                          backend)
+    for chunk, places in halos.items():
+        layer[(halo_name, *chunk)] = Task((halo_name, *chunk), _halo, TaskRef((x5.name, *chunk, 0)), tuple(places))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[x5, w_task, bias_task])
-    chunks = (x5.chunks[0], *(tuple(o1 - o0 for o0, o1 in axis) for axis in spans), (geometry.out_channels,))
+    chunks = (*(tuple(cut.size for cut in cuts) for cuts in axes), (geometry.out_channels,))
     y = da.Array(graph, name, chunks, dtype=call.result_dtype)
     if call.channel_first:
         y = da.moveaxis(y, -1, 1)
     return y if call.batched else y[0]
 
 
-def _pieces(name, starts, ranges):
-    """(input chunk key, (its slices, the window's slices)) of every chunk of x that overlaps the
-    window `ranges` (batch and spatial: [first, end) each; the channels are one chunk)."""
-    per_axis = []
-    for bounds, (a, b) in zip(starts, ranges):
-        chunks = range(int(np.searchsorted(bounds, a, "right")) - 1, int(np.searchsorted(bounds, b, "left")))
-        per_axis.append([(c, slice(max(a, bounds[c]) - bounds[c], min(b, bounds[c + 1]) - bounds[c]),
-                          slice(max(a, bounds[c]) - a, min(b, bounds[c + 1]) - a)) for c in chunks])
-    for parts in product(*per_axis):
-        yield (name, *(c for c, _, _ in parts), 0), (tuple(s for _, s, _ in parts), tuple(t for _, _, t in parts))
+# One axis of an output block: its `size`, the `window` of input it reads, the `pads` that give its
+# outputs from that window alone, and the `parts` (input chunk index, its slice, the window's slice)
+# the window is assembled from (None: no real input reaches these outputs).
+_Cut = namedtuple("_Cut", "size window pads parts")
+
+
+def _spatial_cuts(in_chunks, geometry, axis):
+    """The cuts of a spatial axis: the output chunks follow the input's (`_output_chunks`)."""
+    cuts = []
+    for o0, o1 in _output_chunks(in_chunks, geometry.in_spatial[axis], geometry.out_spatial[axis]):
+        window = _window(o0, o1, geometry, axis)
+        if window is None:
+            cuts.append(_Cut(o1 - o0, 0, (0, 0), None))
+        else:
+            i0, i1, pads = window
+            cuts.append(_Cut(o1 - o0, i1 - i0, pads, _parts(in_chunks, i0, i1)))
+    return cuts
+
+
+# One input chunk's share of a window along one axis: the chunk's index, its `source` slice, the
+# window's `target` slice, and whether the source is `whole` (the chunk's every element).
+_Part = namedtuple("_Part", "chunk source target whole")
+
+
+def _parts(chunks, a, b):
+    """The `_Part`s of the chunks (sizes) overlapping the window [a, b) of an axis."""
+    bounds = np.cumsum((0,) + tuple(chunks))
+    first, end = int(np.searchsorted(bounds, a, "right")) - 1, int(np.searchsorted(bounds, b, "left"))
+    parts = []
+    for c in range(first, end):
+        lo, hi = max(a, bounds[c]), min(b, bounds[c + 1])
+        parts.append(_Part(c, slice(lo - bounds[c], hi - bounds[c]), slice(lo - a, hi - a),
+                           (lo, hi) == (bounds[c], bounds[c + 1])))
+    return parts
 
 
 def _output_chunks(in_chunks, n_in, n_out):
@@ -113,17 +155,25 @@ def _window(o0, o1, geometry, axis):
     return i0, i1, (lo_window, hi_window)
 
 
-def _block(chunks, parts, window, result, w, bias, pads, options, backend):
+def _halo(chunk, parts):
+    """Copies of the parts (per axis (start, stop)) of an input chunk that windows of other blocks
+    read: a worker of another machine then fetches these thin slabs, not the whole chunk."""
+    return tuple(np.array(chunk[tuple(slice(*bounds) for bounds in part)]) for part in parts)
+
+
+def _block(inputs, parts, window, result, w, bias, pads, options, backend):
     """One output block, `result` = (shape, dtype): its window (of `window` sizes but for the
-    channels) assembled from the overlapping parts of the input chunks, then the NumPy conv3d of it on
+    channels) assembled from its `inputs` (whole input chunks, or halos: the part at `place`) at
+    `parts` = [(place or None, the window's slices)...], then the NumPy conv3d of it on
     DASK_TASK_THREADS kernel threads (Numba's thread count belongs to the calling thread, so this
     holds for this task alone). Into a plain np.empty, not nbconv's kept buffers: a scheduler holds
     many blocks at once, and glibc gives the memory of the stored ones to the next (no page faults)."""
     from nbconv.functional import conv3d
 
-    x = _scratch((*window, chunks[0].shape[-1]), chunks[0].dtype)
-    for chunk, (source, target) in zip(chunks, parts):
-        x[target] = chunk[source]
+    pieces = [value if place is None else value[place] for value, (place, _) in zip(inputs, parts)]
+    x = _scratch((*window, pieces[0].shape[-1]), pieces[0].dtype)
+    for piece, (_, target) in zip(pieces, parts):
+        x[target] = piece
     out = np.empty(*result)
     before = numba.get_num_threads()
     numba.set_num_threads(min(config.DASK_TASK_THREADS or before, numba.config.NUMBA_NUM_THREADS))

@@ -10,11 +10,13 @@ import dask.array as da
 import distributed
 import numpy as np
 import pytest
+import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbconv
 from nbconv import config
+from nbconv.volume import peak_memory
 from tests.support import assert_conv_close
 
 
@@ -126,3 +128,85 @@ def test_blocks_of_a_killed_worker_are_computed_again():
         victim = sorted(holders)[0]
         client.run(os._exit, 1, workers=[victim], on_error="ignore")  # it dies before it can answer
         assert_conv_close(y.compute(), x, w, padding=1)
+
+
+def _boxes_match_the_reference(source, result, w, boxes):
+    """Boxes of a stride-1 SAME convolution stored in Zarr, each against the reference of its input
+    window (zeros beyond the volume's edges, as SAME pads): the volume is too large to check whole."""
+    x, y = zarr.open_array(str(source), mode="r"), zarr.open_array(str(result), mode="r")
+    half = w.shape[0] // 2
+    for box in boxes:
+        lows = [max(0, a - half) for a, _ in box]
+        highs = [min(n, b + half) for (_, b), n in zip(box, x.shape[1:4])]
+        pads = [(half - (a - lo), half - (hi - b)) for (a, b), lo, hi in zip(box, lows, highs)]
+        window = x[(0, *(slice(lo, hi) for lo, hi in zip(lows, highs)))]
+        assert_conv_close(y[(0, *(slice(a, b) for a, b in box))], window, w, padding=pads)
+
+
+def test_a_zarr_volume_larger_than_the_workers_memory(tmp_path):
+    """Out of core: a 1.25 GiB Zarr volume through two workers of 512 MiB each (their Python alone
+    takes about 240 MiB), read lazily, convolved and written back to Zarr. No worker goes above its
+    memory limit (each process's peak resident memory, and no worker was restarted), and sampled
+    boxes of the result (the volume's corners, chunk borders inside it) equal the reference."""
+    source, result = tmp_path / "volume.zarr", tmp_path / "features.zarr"
+    w = np.random.default_rng(8).standard_normal((3, 3, 3, 4, 4)).astype(np.float32)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="512MiB",
+                                       dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        volume = da.random.default_rng(9).standard_normal((1, 320, 512, 512, 4), chunks=(1, 64, 64, 64, 4),
+                                                          dtype=np.float32)
+        client.compute(volume.to_zarr(str(source), compressors=None, compute=False)).result()
+        workers = set(client.scheduler_info()["workers"])
+        x = da.from_zarr(str(source))
+        assert x.nbytes > 2 * 512 * 2**20
+        client.compute(nbconv.conv3d(x, w, padding="SAME").to_zarr(str(result), compressors=None,
+                                                                  compute=False)).result()
+        assert set(client.scheduler_info()["workers"]) == workers, "a worker was restarted"
+        peaks = client.run(peak_memory)
+    assert max(peaks.values()) < 512 * 2**20, peaks
+    _boxes_match_the_reference(source, result, w, [((0, 9), (0, 9), (0, 9)), ((311, 320), (503, 512), (503, 512)),
+                                                    ((60, 70), (120, 132), (250, 260))])
+
+
+class _DieOnce(distributed.WorkerPlugin):
+    """Kills its worker (os._exit, no goodbye) once it has computed 3 output blocks, once per test:
+    a file marks the death, since the worker that replaces it gets the plugin too."""
+
+    def __init__(self, mark):
+        self.mark, self.blocks = str(mark), 0
+
+    def transition(self, key, start, finish, **kwargs):
+        # a block's key, "nbconv-conv3d-...", or "nbconv-store-map-..." once Dask fused the store into it
+        if finish == "memory" and isinstance(key, tuple) and str(key[0]).startswith(("nbconv-conv3d", "nbconv-store")):
+            self.blocks += 1
+            if self.blocks == 3 and not os.path.exists(self.mark):
+                open(self.mark, "w").close()
+                os._exit(1)
+
+
+def test_a_zarr_run_survives_a_killed_worker(tmp_path):
+    """A worker dies in the middle of a Zarr-to-Zarr run: the scheduler runs its tasks again
+    elsewhere (and on its replacement), the run completes and the result is the convolution."""
+    source, result = tmp_path / "volume.zarr", tmp_path / "features.zarr"
+    rng = np.random.default_rng(10)
+    da.from_array(rng.standard_normal((1, 32, 32, 32, 4)).astype(np.float32), chunks=8).to_zarr(str(source))
+    w = rng.standard_normal((3, 3, 3, 4, 4)).astype(np.float32)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        client.register_plugin(_DieOnce(tmp_path / "died"))
+        client.compute(nbconv.conv3d(da.from_zarr(str(source)), w, padding="SAME").to_zarr(str(result),
+                                                                                           compute=False)).result()
+    assert (tmp_path / "died").exists()
+    _boxes_match_the_reference(source, result, w, [((0, 32),) * 3])
+
+
+def test_the_volume_command():
+    """`python -m nbconv volume`: makes a Zarr volume, convolves it on a LocalCluster and reports the
+    throughput, the dashboard and each worker's peak memory against its limit."""
+    command = [sys.executable, "-m", "nbconv", "volume", "--shape", "1,24,32,32,4", "--chunks", "16",
+               "--memory-limit", "1GiB", "--out-channels", "6"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "convolved (1, 24, 32, 32, 4) -> (1, 24, 32, 32, 6)" in result.stdout, result.stdout
+    assert "dashboard: http" in result.stdout and result.stdout.count("MiB, limit 1024 MiB") == 2, result.stdout
