@@ -5,8 +5,10 @@ from numba import get_num_threads, set_num_threads
 from nbconv import init
 from nbconv.dispatch import BackendUnavailableError
 from nbconv.functional import conv3d, weight_standardization
+from nbconv.gradients import conv3d_vjp, weight_standardization_vjp
 from nbconv.layers import Conv3d, ParamState, ScaledWSConv3d
 
-__all__ = ["conv3d", "weight_standardization", "Conv3d", "ScaledWSConv3d", "ParamState", "init",
+__all__ = ["conv3d", "weight_standardization", "conv3d_vjp", "weight_standardization_vjp",
+           "Conv3d", "ScaledWSConv3d", "ParamState", "init",
            "BackendUnavailableError", "set_num_threads", "get_num_threads"]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ from nbconv.chunked import is_dask_array
 from nbconv.dispatch import is_device_array
 from nbconv.functional import conv3d, positive_number, weight_standardization
 from nbconv.geometry import conv_geometry, normalize_padding, spatial_triple
+from nbconv.gradients import conv3d_vjp, weight_standardization_vjp
 
 
 class ParamState:
@@ -83,6 +84,27 @@ class Conv3d:
 
     __call__ = update
 
+    def vjp(self, x, dy):
+        """(dx, grads): the vector-Jacobian product of ``self(x)`` with the cotangent `dy` (the
+        output's shape). grads has the keys and shapes of ``self.weight.value``: enough for an SGD
+        or Adam step on them."""
+        self._check_input(x)
+        params = self.weight.value
+        wrt = ("x", "w", "bias") if "bias" in params else ("x", "w")
+        dx, d_kernel, d_bias = conv3d_vjp(np.asarray(x), self.kernel(), dy, stride=self.stride, padding=self.padding,
+                                          lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation,
+                                          groups=self.groups, bias=params.get("bias"),
+                                          channel_first=self.channel_first, wrt=wrt, backend=self.backend)
+        grads = self._weight_grads(d_kernel if self.w_mask is None else d_kernel * self.w_mask)
+        if d_bias is not None:
+            grads["bias"] = d_bias
+        return dx, grads
+
+    def _weight_grads(self, d_weight):
+        """The gradients of the parameters the kernel is made of, from the gradient of the weights
+        the mask multiplies."""
+        return {"weight": d_weight}
+
     def _check_input(self, x):
         shape = tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
         if len(shape) not in (4, 5):
@@ -127,6 +149,11 @@ class ScaledWSConv3d(Conv3d):
         w = weight_standardization(self.weight.value["weight"], self.eps, self.weight.value.get("gain"),
                                    backend=self.backend)
         return w if self.w_mask is None else w * self.w_mask
+
+    def _weight_grads(self, d_weight):
+        params = self.weight.value
+        dw, d_gain = weight_standardization_vjp(params["weight"], d_weight, self.eps, params.get("gain"))
+        return {"weight": dw} if d_gain is None else {"weight": dw, "gain": d_gain}
 
     def _arguments(self):
         return {**super()._arguments(), "eps": self.eps}

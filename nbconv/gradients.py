@@ -1,0 +1,149 @@
+"""Vector-Jacobian products of conv3d and of the weight standardization (issue 15; README, "Training").
+
+Both gradients of a convolution are convolutions, so they run on the forward kernels (JAX's
+transpose rules for ``conv_general_dilated``, with nbconv's explicit pads). For each spatial axis
+with input n, kernel k, stride s, pads (lo, hi), lhs dilation l, rhs dilation r and output o, and
+the dilated extents N = dilated(n, l), K = dilated(k, r), O = dilated(o, s):
+
+- dx is dy convolved with the spatially flipped kernel, in and out channels swapped within each
+  group: stride l, lhs dilation s, rhs dilation r, pads (K - lo - 1, N + K - 1 - O - (K - lo - 1));
+- dw is x convolved with dy, N and Cin trading places: x as a batch of Cin/groups volumes whose
+  channels are (group, sample), dy as a kernel of o taps with N input and Cout output channels per
+  group: stride r, lhs dilation l, rhs dilation s, pads (lo, O - N + K - lo - 1); its output has the
+  kernel's spatial size.
+"""
+import numpy as np
+
+from nbconv.functional import _conv3d_cpu, _host_array, _validate, positive_number, _standardization_axis
+from nbconv.dispatch import choose_backend
+from nbconv.dtypes import check_real, conv_dtypes
+from nbconv.geometry import dilated
+
+WRT = ("x", "w", "bias")
+
+
+def conv3d_vjp(x, w, dy, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, bias=None,
+               channel_first=False, wrt=WRT, backend="auto"):
+    """(dx, dw, dbias): the vector-Jacobian product of ``conv3d(x, w, ...)`` (same options) with the
+    cotangent `dy` (the result's shape). Only the names in `wrt` ('x', 'w', 'bias') are computed;
+    the others are None. dx has x's layout; dx and dw have x's and w's dtypes (integers: float64),
+    dbias bias's shape (else (Cout,)); all are computed in conv3d's precision."""
+    wanted = _wrt(wrt)
+    if choose_backend(backend, x, w, dy, bias) != "cpu":
+        raise ValueError("conv3d_vjp runs on the CPU backend (backend='cpu' or NumPy arrays); CUDA is not done yet")
+    x, w, dy = _host_array(x, "x"), _host_array(w, "w"), _host_array(dy, "dy")
+    bias = _host_array(bias, "bias", optional=True)
+    call = _validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
+    check_real("dy", np.dtype(dy.dtype))
+    if tuple(dy.shape) != call.result_shape:
+        raise ValueError(f"dy must have the result's shape {call.result_shape}, got {tuple(dy.shape)}")
+    compute = conv_dtypes(("x", x.dtype), ("w", w.dtype), ("dy", dy.dtype))[0]
+    x5, dy5 = (_channels_last(a, call, compute) for a in (x, dy))
+    w = np.asarray(w, compute)
+    dx = _to_caller(_dx(dy5, w, call.geometry), call, _cotangent_dtype(x)) if "x" in wanted else None
+    dw = _dw(x5, dy5, call.geometry).astype(_cotangent_dtype(w)) if "w" in wanted else None
+    dbias = _dbias(dy5, bias, call) if "bias" in wanted else None
+    return dx, dw, dbias
+
+
+def _wrt(wrt):
+    names = (wrt,) if isinstance(wrt, str) else tuple(wrt) if isinstance(wrt, (tuple, list, set, frozenset)) else None
+    if names is None or not set(names) <= set(WRT):
+        raise ValueError(f"wrt must name some of {WRT}, got {wrt!r}")
+    return set(names)
+
+
+def _channels_last(a, call, dtype):
+    a5 = a if call.batched else a[None]
+    return np.ascontiguousarray(np.moveaxis(a5, 1, -1) if call.channel_first else a5, dtype)
+
+
+def _to_caller(a5, call, dtype):
+    a = np.moveaxis(a5, -1, 1) if call.channel_first else a5
+    return np.ascontiguousarray(a if call.batched else a[0], dtype)
+
+
+def _cotangent_dtype(a):
+    return np.dtype(a.dtype) if a.dtype.kind == "f" else np.dtype(np.float64)
+
+
+def _run(x, w, **options):
+    """The forward CPU path on channels-last, batched arrays of one dtype."""
+    call = _validate(x, w, None, (options["stride"], options["padding"], options["lhs_dilation"],
+                                  options["rhs_dilation"], options["groups"], False))
+    return _conv3d_cpu(x, w, None, call, None)
+
+
+def _axes(geometry):
+    """Per spatial axis: (N, K, O, lo) as the module docstring names them."""
+    for axis in range(3):
+        yield (dilated(geometry.in_spatial[axis], geometry.lhs_dilation[axis]),
+               dilated(geometry.kernel[axis], geometry.rhs_dilation[axis]),
+               dilated(geometry.out_spatial[axis], geometry.stride[axis]), geometry.pads[axis][0])
+
+
+def _dx(dy5, w, geometry):
+    groups = geometry.groups
+    *kernel, cin_g, cout = w.shape
+    # w[..., i, g * cout_g + o] -> flipped[..., o, g * cin_g + i]
+    swapped = w.reshape(*kernel, cin_g, groups, cout // groups).transpose(0, 1, 2, 5, 4, 3)
+    flipped = np.ascontiguousarray(swapped[::-1, ::-1, ::-1].reshape(*kernel, cout // groups, groups * cin_g))
+    pads = [(kd - lo - 1, nd + kd - 1 - od - (kd - lo - 1)) for nd, kd, od, lo in _axes(geometry)]
+    return _run(dy5, flipped, stride=geometry.lhs_dilation, padding=pads, lhs_dilation=geometry.stride,
+                rhs_dilation=geometry.rhs_dilation, groups=groups)
+
+
+def _dw(x5, dy5, geometry):
+    groups, (n, *spatial, cin) = geometry.groups, x5.shape
+    cin_g = cin // groups
+    # x[n, ..., g * cin_g + i] -> volumes[i, ..., g * N + n]; dy[n, ..., c] -> taps[..., n, c]
+    volumes = np.ascontiguousarray(x5.reshape(n, *spatial, groups, cin_g).transpose(5, 1, 2, 3, 4, 0)
+                                   .reshape(cin_g, *spatial, groups * n))
+    taps = np.ascontiguousarray(dy5.transpose(1, 2, 3, 0, 4))
+    pads = [(lo, od - nd + kd - lo - 1) for nd, kd, od, lo in _axes(geometry)]
+    per_input = _run(volumes, taps, stride=geometry.rhs_dilation, padding=pads, lhs_dilation=geometry.lhs_dilation,
+                     rhs_dilation=geometry.stride, groups=groups)
+    return np.moveaxis(per_input, 0, 3)  # (Cin / groups, KD, KH, KW, Cout) -> w's layout
+
+
+def _dbias(dy5, bias, call):
+    total = dy5.sum(axis=(0, 1, 2, 3))
+    return total if bias is None else total.reshape(bias.shape).astype(call.result_dtype)
+
+
+def weight_standardization_vjp(w, dw_hat, eps=1e-4, gain=None, out_axis=-1):
+    """(dw, dgain): the vector-Jacobian product of ``weight_standardization(w, eps, gain, out_axis)``
+    with the cotangent `dw_hat` (w's shape); dgain has gain's shape (None without a gain). Where
+    ``var * fan_in`` equals eps exactly, half of each side of the max, as JAX's."""
+    w, dw_hat = _host_array(w, "w"), _host_array(dw_hat, "dw_hat")
+    gain = _host_array(gain, "gain", optional=True)
+    axis = _standardization_axis(w, out_axis)
+    eps = positive_number(eps, "eps")
+    if tuple(dw_hat.shape) != tuple(w.shape):
+        raise ValueError(f"dw_hat must have w's shape {tuple(w.shape)}, got {tuple(dw_hat.shape)}")
+    compute, _ = conv_dtypes(("w", w.dtype), ("dw_hat", dw_hat.dtype))
+    cout = w.shape[axis]
+    if gain is not None:
+        check_real("gain", np.dtype(gain.dtype))
+        if gain.size not in (1, cout):
+            raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {gain.shape}")
+    # Columns: (fan_in, Cout), in the compute precision.
+    columns, grads = (np.moveaxis(np.asarray(a, compute), axis, -1).reshape(-1, cout) for a in (w, dw_hat))
+    fan_in = columns.shape[0]
+    centred = columns - columns.mean(axis=0)
+    spread = (centred**2).mean(axis=0) * fan_in
+    clipped = np.maximum(spread, eps)
+    inv = 1 / np.sqrt(clipped)
+    gains = np.broadcast_to(np.ones(1, compute) if gain is None else np.asarray(gain, compute).reshape(-1), (cout,))
+    d_scale = (grads * centred).sum(axis=0)  # d loss / d (gain * inv), per column
+    # d inv / d spread, where the variance side of the max is the one taken (half at a tie)
+    through_spread = np.where(spread > eps, 1.0, np.where(spread == eps, 0.5, 0.0)) * -0.5 * inv / clipped
+    d_spread = d_scale * gains * through_spread
+    d_columns = gains * inv * (grads - grads.mean(axis=0)) + d_spread * 2 * centred
+    dw = np.moveaxis(d_columns.reshape(*(n for i, n in enumerate(w.shape) if i != axis), cout), -1, axis)
+    dw = np.ascontiguousarray(dw, _cotangent_dtype(w))
+    if gain is None:
+        return dw, None
+    dgain = d_scale * inv
+    dgain = (dgain.sum() if gain.size == 1 else dgain).reshape(gain.shape).astype(_cotangent_dtype(gain))
+    return dw, dgain

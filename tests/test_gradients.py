@@ -1,0 +1,203 @@
+"""conv3d_vjp, weight_standardization_vjp and the layers' vjp against jax.vjp (jax and brainstate are
+test extras; CI installs them): property tests over random shapes and every option."""
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import nbconv
+from tests.support import SIMULATED
+from tests.test_against_brainstate import _parameters
+from tests.test_against_jax import _three
+from tests.test_conv3d import conv_problems
+from tests.test_standardization import _standardize_parts
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+brainstate = pytest.importorskip("brainstate")
+pytestmark = pytest.mark.skipif(SIMULATED, reason="conv3d_vjp runs on the CPU backend only")
+
+
+def lax_vjp(x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first, bias=None):
+    """dx, dw of jax.lax.conv_general_dilated in float64, and the sum of dy per output channel."""
+    jax.config.update("jax_enable_x64", True)  # brainstate, imported by other modules, switches it off
+    layout = "NCDHW" if channel_first else "NDHWC"
+    if not isinstance(padding, str):
+        padding = np.broadcast_to(np.array(padding).reshape(-1, 2 if np.ndim(padding) == 2 else 1), (3, 2))
+        padding = [tuple(int(v) for v in row) for row in padding]
+    batched = x.ndim == 5
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x if batched else x[None], w, _three(stride), padding, lhs_dilation=_three(lhs_dilation),
+            rhs_dilation=_three(rhs_dilation), dimension_numbers=(layout, "DHWIO", layout),
+            feature_group_count=groups, precision=jax.lax.Precision.HIGHEST)
+
+    _, back = jax.vjp(conv, jnp.asarray(x, jnp.float64), jnp.asarray(w, jnp.float64))
+    dx, dw = back(jnp.asarray(dy if batched else dy[None], jnp.float64))
+    return np.asarray(dx), np.asarray(dw)
+
+
+def _bounds(x, w, dy, options, u):
+    """Each gradient is a sum of products: |err| <= L * u * (the same sum over |terms|), L its
+    length, for nbconv and JAX each. dx sums taps * Cout / groups terms, dw N * prod(out_spatial)."""
+    abs_dx, abs_dw = lax_vjp(np.abs(x), np.abs(w), np.abs(dy), **{**options, "bias": None})
+    out_spatial = dy.shape[-3:] if options["channel_first"] else dy.shape[-4:-1]
+    batch = x.shape[0] if x.ndim == 5 else 1
+    terms_dx = np.prod(w.shape[:3]) * w.shape[4] // options["groups"]
+    terms_dw = batch * np.prod(out_spatial)
+    return (terms_dx + 1) * u * abs_dx * 2 + 1e-300, (terms_dw + 1) * u * abs_dw * 2 + 1e-300
+
+
+def _conv_case(problem):
+    x, w, options = problem
+    # JAX rejects 'SAME' with input dilation (nbconv defines it) and crops larger than the axis.
+    assume(not (isinstance(options["padding"], str) and max(_three(options["lhs_dilation"])) > 1))
+    y = nbconv.conv3d(x, w, **options)
+    assume(y.size > 0)
+    dy = np.random.default_rng(y.size).standard_normal(y.shape).astype(y.dtype)
+    return x, w, dy, options
+
+
+@settings(max_examples=75, deadline=None)
+@given(conv_problems())
+def test_conv3d_vjp_matches_jax(problem):
+    """Against JAX in float64, within the bound of float64 sums on both sides, or of float32 sums
+    for float32 inputs (nbconv computes in float32 there)."""
+    x, w, dy, options = _conv_case(problem)
+    want_dx, want_dw = lax_vjp(x, w, dy, **options)
+    dx, dw, dbias = nbconv.conv3d_vjp(x, w, dy, **options)
+    bound_dx, bound_dw = _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)
+    assert dx.shape == x.shape and dx.dtype == x.dtype and dw.shape == w.shape and dw.dtype == w.dtype
+    assert np.all(np.abs(dx - want_dx) <= bound_dx) and np.all(np.abs(dw - want_dw) <= bound_dw)
+    channel_axis = (dy.ndim - 4 if options["channel_first"] else -1) % dy.ndim
+    want_dbias = dy.sum(axis=tuple(i for i in range(dy.ndim) if i != channel_axis), dtype=np.float64)
+    bias = options.get("bias")
+    assert dbias.shape == ((w.shape[-1],) if bias is None else bias.shape)
+    np.testing.assert_allclose(dbias, want_dbias, rtol=0, atol=dy.size * np.finfo(x.dtype).eps * np.abs(dy).max())
+
+
+def test_only_what_is_asked():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 4, 4, 4, 2)), rng.standard_normal((3, 3, 3, 2, 3))
+    dy = rng.standard_normal((1, 4, 4, 4, 3))
+    dx, dw, dbias = nbconv.conv3d_vjp(x, w, dy, wrt="w")
+    assert dx is None and dbias is None and dw.shape == w.shape
+    dx, dw, dbias = nbconv.conv3d_vjp(x, w, dy, wrt=("x", "bias"))
+    assert dw is None and dx.shape == x.shape and dbias.shape == (3,)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, w, dy: nbconv.conv3d_vjp(x, w, dy[:, :2]), "dy must have the result's shape"),
+    (lambda x, w, dy: nbconv.conv3d_vjp(x, w, dy, wrt=("x", "b")), "wrt must name some of"),
+    (lambda x, w, dy: nbconv.conv3d_vjp(x, w, dy, wrt=3), "wrt must name some of"),
+    (lambda x, w, dy: nbconv.conv3d_vjp(x, w, dy.astype(complex)), "dy must be real"),
+    (lambda x, w, dy: nbconv.conv3d_vjp(x, w, None), "dy must be an array"),
+])
+def test_bad_arguments(call, match):
+    x, w, dy = np.ones((1, 4, 4, 4, 2)), np.ones((3, 3, 3, 2, 3)), np.ones((1, 4, 4, 4, 3))
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(x, w, dy)
+
+
+def test_nan_in_dy_reaches_the_inputs_its_taps_read_as_in_jax():
+    x, w = np.ones((1, 5, 5, 5, 1)), np.ones((3, 3, 3, 1, 1))
+    dy = np.zeros((1, 5, 5, 5, 1))
+    dy[0, 0, 0, 0, 0] = np.nan
+    dx, dw, _ = nbconv.conv3d_vjp(x, w, dy)
+    want_dx, want_dw = lax_vjp(x, w, dy, 1, "SAME", 1, 1, 1, False)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want_dx))
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(want_dw))
+
+
+def lax_standardization_vjp(w, dw_hat, eps, gain, out_axis):
+    """jax.vjp of brainstate's formula in float64 (gain * (w - mean) * rsqrt(max(var * fan_in, eps)))."""
+    jax.config.update("jax_enable_x64", True)
+    axes = tuple(i for i in range(w.ndim) if i != out_axis % w.ndim)
+    fan_in = np.prod([w.shape[i] for i in axes])
+
+    def standardize(w, gain):
+        scale = jax.lax.rsqrt(jnp.maximum(jnp.var(w, axis=axes, keepdims=True) * fan_in, eps))
+        scale = scale if gain is None else scale * gain.reshape(scale.shape if gain.size > 1 else ())
+        return w * scale - jnp.mean(w, axis=axes, keepdims=True) * scale
+
+    args = (jnp.asarray(w, jnp.float64), None if gain is None else jnp.asarray(gain, jnp.float64))
+    _, back = jax.vjp(standardize, *args)
+    dw, dgain = back(jnp.asarray(dw_hat, jnp.float64))
+    return np.asarray(dw), None if dgain is None else np.asarray(dgain)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 4), min_size=2, max_size=5), data=st.data(),
+       gain_kind=st.sampled_from([None, "one", "per_channel"]), eps=st.sampled_from([1e-4, 1e-2, 10.0]))
+def test_weight_standardization_vjp_matches_jax(shape, data, gain_kind, eps):
+    out_axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    w = rng.standard_normal(shape) * 3 + 1
+    dw_hat = rng.standard_normal(shape)
+    gain = {None: None, "one": rng.uniform(0.5, 2, (1,)),
+            "per_channel": rng.uniform(0.5, 2, shape[out_axis])}[gain_kind]
+    want_dw, want_dgain = lax_standardization_vjp(w, dw_hat, eps, gain, out_axis)
+    dw, dgain = nbconv.weight_standardization_vjp(w, dw_hat, eps, gain, out_axis)
+    # Both sides sum fan_in terms in float64, terms of at most |scale| * |dw_hat| * (2 + fan_in)
+    # (dw_hat, its mean, and the standardized column times its dot product with dw_hat): each side
+    # is within about fan_in * u of that, whatever the gradient's own size (it cancels to zero for
+    # a column of two elements, whose standardization is +-1 whatever w is).
+    fan_in = w.size // shape[out_axis]
+    scale = _standardize_parts(w, eps, gain, out_axis)[1].max()
+    tolerance = 4 * fan_in * 2**-53 * scale * np.abs(dw_hat).max() * (2 + fan_in)
+    np.testing.assert_allclose(dw, want_dw, rtol=0, atol=tolerance)
+    if gain is None:
+        assert dgain is None
+    else:
+        assert dgain.shape == gain.shape
+        # dgain sums dw_hat * standardized / gain over fan_in (or all) elements, each below |dw_hat|
+        atol = 4 * w.size * 2**-53 * np.abs(dw_hat).max() * (1 + np.abs(w).max() * scale)
+        np.testing.assert_allclose(dgain, want_dgain, rtol=0, atol=atol)
+
+
+def test_the_tie_of_the_max_splits_like_jax():
+    """var * fan_in == eps exactly: half of each side (JAX's max), not one of them."""
+    w = np.array([[0.0], [1.0]])  # var * fan_in = 0.5
+    dw_hat = np.array([[1.0], [3.0]])
+    dw, _ = nbconv.weight_standardization_vjp(w, dw_hat, eps=0.5)
+    np.testing.assert_allclose(dw, lax_standardization_vjp(w, dw_hat, 0.5, None, -1)[0], atol=1e-15)
+
+
+LAYER_OPTIONS = [
+    dict(in_size=(5, 6, 5, 3), out_channels=4, kernel_size=3),
+    dict(in_size=(6, 5, 6, 4), out_channels=6, kernel_size=(3, 2, 3), stride=(2, 1, 2), padding="VALID", groups=2),
+    dict(in_size=(4, 5, 6, 5), out_channels=4, kernel_size=2, padding=1, lhs_dilation=(2, 1, 2), rhs_dilation=2,
+         channel_first=True),
+]
+
+
+@pytest.mark.parametrize("options", LAYER_OPTIONS, ids=range(len(LAYER_OPTIONS)))
+@pytest.mark.parametrize("kind", ["Conv3d", "ScaledWSConv3d"])
+def test_layer_vjp_matches_brainstate(options, kind):
+    """layer.vjp against jax.vjp through brainstate's layer with the same parameters, both in
+    float32. Each gradient is a float32 sum of L <= 400 products here, off by up to L * u * sum|terms|
+    on each side, and on these normal draws sum|terms| stays within 100 x the largest |gradient|:
+    400 * 2**-24 * 100 ~ 2.4e-3 of it."""
+    rng = np.random.default_rng(4)
+    w, bias, mask, x = _parameters(options, rng)
+    ours = getattr(nbconv, kind)(**options, w_init=w, b_init=bias, w_mask=mask)
+    theirs = getattr(brainstate.nn, kind)(**options, w_init=jnp.asarray(w), b_init=bias, w_mask=mask)
+    if kind == "ScaledWSConv3d":
+        gain = rng.uniform(0.5, 2.0, (1, 1, 1, 1, w.shape[-1])).astype(np.float32)
+        ours.weight.value["gain"] = gain
+        theirs.weight.value = {**theirs.weight.value, "gain": gain}
+    dy = rng.standard_normal((2, *ours.out_size)).astype(np.float32)
+    jax.config.update("jax_enable_x64", False)
+    theirs.weight.value = {k: jnp.asarray(v) for k, v in theirs.weight.value.items()}
+
+    def loss(x):  # its gradient is the vjp with dy
+        return jnp.sum(theirs(x) * dy)
+
+    want_grads, want_dx = brainstate.transform.grad(loss, grad_states=theirs.weight, argnums=0)(jnp.asarray(x))
+    dx, grads = ours.vjp(x, dy)
+    assert set(grads) == set(ours.weight.value)
+    for got, want in [(dx, want_dx), *((grads[k], want_grads[k]) for k in grads)]:
+        want = np.asarray(want)
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
