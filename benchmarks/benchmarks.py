@@ -1,5 +1,5 @@
-"""asv benchmarks: every public workload (nbconv/workloads.json) on the CPU, the layers, first-call
-compile time, and CUDA (skipped where no GPU is present). Kernels are warmed in `setup`, so that
+"""asv benchmarks: every public workload (nbconv/workloads.json) on the CPU and its gradients, the layers,
+first-call compile time, and CUDA (skipped where no GPU is present). Kernels are warmed in `setup`, so that
 `asv run --quick` (one call) never times compilation."""
 import os
 import subprocess
@@ -44,6 +44,32 @@ class Conv3dCPU(_Conv3d):
 
     def peakmem_conv3d(self, name):
         self.run()
+
+
+class Conv3dBackward:
+    """The gradients (conv3d_vjp's dx and dw) on every workload, for a fixed random dy."""
+
+    params = [NAMES]
+    param_names = ["workload"]
+    timeout = 300
+
+    def setup(self, name):
+        self.workload = WORKLOADS[name]
+        self.x, self.w = self.workload.arrays()
+        y = nbconv.conv3d(self.x, self.w, backend="cpu", **self.workload.options)
+        self.dy = np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)
+        self.run()
+
+    def run(self):
+        return nbconv.conv3d_vjp(self.x, self.w, self.dy, wrt=("x", "w"), backend="cpu", **self.workload.options)
+
+    def time_vjp(self, name):
+        self.run()
+
+    def track_gflops(self, name):
+        return 2 * self.workload.flops / median_seconds(self.run) / 1e9
+
+    track_gflops.unit = "GFLOP/s (twice the forward's)"
 
 
 class AfterIdle:

@@ -1,6 +1,7 @@
 """`python -m nbconv`: convolve the seed example shapes on the CPU and report what was achieved.
 `python -m nbconv bench ...`: the peer comparison (see nbconv/compare.py).
-`python -m nbconv volume ...`: a layer over a Zarr volume on a dask.distributed cluster (nbconv/volume.py)."""
+`python -m nbconv volume ...`: a layer over a Zarr volume on a dask.distributed cluster (nbconv/volume.py).
+`python -m nbconv train ...`: a two-layer network trained in NumPy with the layers' vjp (nbconv/training.py)."""
 import argparse
 import sys
 import time
@@ -41,6 +42,9 @@ def main(argv=None):
     if argv[:1] == ["volume"]:
         from nbconv.volume import main as volume
         return volume(argv[1:])
+    if argv[:1] == ["train"]:
+        from nbconv.training import main as train
+        return train(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m nbconv", description=__doc__)
     parser.add_argument("cases", nargs="*", default=list(SEED_CASES),
                         help="workload names from workloads.json (default: the seed examples)")

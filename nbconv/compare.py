@@ -2,7 +2,8 @@
 (its oneDNN) and JAX/XLA, in one process.
 
 `python -m nbconv bench [--set public|heldout] [--workloads a,b] [--peers torch,onnxruntime,openvino,jax]
-[--repeats 7] [--json out.json] [--plot out.png]`
+[--repeats 7] [--json out.json] [--plot out.png] [--backward]`
+(--backward: the gradients, conv3d_vjp's dx and dw, against PyTorch autograd's backward.)
 Each peer's output is first checked against nbconv's, so the table compares the same computation.
 Peers that are not installed are left out of the table.
 """
@@ -23,32 +24,60 @@ def nbconv_runner(wl, x, w):
 
 
 def torch_runner(wl, x, w, threads):
-    """torch.nn.functional.conv3d on channels_last_3d tensors; input dilation as conv_transpose3d
-    (stride = lhs_dilation, flipped kernel); asymmetric padding by an explicit F.pad."""
+    """torch.nn.functional.conv3d on channels_last_3d tensors (`torch_conv`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    made = torch_conv(wl, w)
+    if made is None:
+        return None
+    wt, conv = made
+    xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)  # NDHWC memory = channels_last_3d
+    return lambda: conv(xt, wt)
+
+
+def torch_conv(wl, w):
+    """(w as a torch tensor, conv(xt, wt) -> the NDHWC result) for x as NCDHW tensors; input dilation as
+    conv_transpose3d (stride = lhs_dilation, flipped kernel); asymmetric padding by an explicit F.pad.
+    None where torch has no such convolution."""
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
     g = wl.geometry
-    xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)  # NDHWC memory = channels_last_3d
     if max(g.lhs_dilation) > 1:
         k_eff = [(k - 1) * r + 1 for k, r in zip(g.kernel, g.rhs_dilation)]
         pads = [k - 1 - lo for k, (lo, hi) in zip(k_eff, g.pads)]
         if any(lo != hi for lo, hi in g.pads) or min(pads) < 0:
             return None
-        wt = torch.from_numpy(transposed_weights(g, w))
-        return lambda: F.conv_transpose3d(xt, wt, stride=g.lhs_dilation, padding=pads, groups=g.groups,
-                                          dilation=g.rhs_dilation).permute(0, 2, 3, 4, 1)
+        return torch.from_numpy(transposed_weights(g, w)), lambda xt, wt: F.conv_transpose3d(
+            xt, wt, stride=g.lhs_dilation, padding=pads, groups=g.groups, dilation=g.rhs_dilation
+        ).permute(0, 2, 3, 4, 1)
     wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 0, 1, 2, 3))).permute(0, 4, 1, 2, 3)
     symmetric = all(lo == hi for lo, hi in g.pads)
     padding = [lo for lo, _ in g.pads] if symmetric else 0
     torch_pads = [p for lo_hi in reversed(g.pads) for p in lo_hi]
 
-    def run():
+    def conv(xt, wt):
         xi = xt if symmetric else F.pad(xt, torch_pads)
         return F.conv3d(xi, wt, stride=g.stride, padding=padding, dilation=g.rhs_dilation,
                         groups=g.groups).permute(0, 2, 3, 4, 1)
-    return run
+    return wt, conv
+
+
+def torch_backward_runner(wl, x, w, dy, threads):
+    """PyTorch autograd's backward, dx and dw: torch.autograd.grad of `torch_conv`'s result with dy,
+    its graph kept between runs (the forward is not timed). Returns dx (NDHWC)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    made = torch_conv(wl, w)
+    if made is None:
+        return None
+    wt, conv = made
+    xl, wt = torch.from_numpy(x.copy()).requires_grad_(), wt.detach().clone().requires_grad_()
+    y = conv(xl.permute(0, 4, 1, 2, 3), wt)
+    dyt = torch.from_numpy(dy)
+    return lambda: torch.autograd.grad(y, (xl, wt), dyt, retain_graph=True)[0]
 
 
 def transposed_weights(g, w):
@@ -161,13 +190,27 @@ def peers(threads, names=None):
 
 
 def measure(wl, factories, repeats):
-    """GFLOP/s of every runner on one workload, timed in turn. All run (and are checked) once before
-    any is timed, so that no runner pays for another's first call (compilation, thread pools,
-    first-touch pages)."""
+    """GFLOP/s of every runner on one workload, timed in turn (`_timed_row`)."""
     x, w = wl.arrays()
-    flops = wl.flops
     runners = {"nbconv": nbconv_runner(wl, x, w)}
     runners.update((name, make(wl, x, w)) for name, make in factories.items())
+    return _timed_row(wl, runners, wl.flops, repeats)
+
+
+def measure_backward(wl, threads, repeats, with_torch):
+    """GFLOP/s of the whole backward, dx and dw (twice the forward's FLOPs), of nbconv's conv3d_vjp
+    and PyTorch autograd's, for a random dy."""
+    x, w = wl.arrays()
+    dy = np.random.default_rng(1).standard_normal(nbconv.conv3d(x, w, **wl.options).shape).astype(x.dtype)
+    runners = {"nbconv": lambda: nbconv.conv3d_vjp(x, w, dy, wrt=("x", "w"), backend="cpu", **wl.options)[0]}
+    if with_torch:
+        runners["torch"] = torch_backward_runner(wl, x, w, dy, threads)
+    return _timed_row(wl, runners, 2 * wl.flops, repeats)
+
+
+def _timed_row(wl, runners, flops, repeats):
+    """All runners run (and are checked against nbconv) once before any is timed, so that no runner
+    pays for another's first call (compilation, thread pools, first-touch pages)."""
     runners = {name: run for name, run in runners.items() if run is not None}
     want = np.asarray(runners["nbconv"]())
     tol = 1e-3 if wl.dtype == "float32" else 1e-10
@@ -220,15 +263,23 @@ def main(argv=None):
     parser.add_argument("--peers", help=f"comma-separated peers (default: those installed of {','.join(PEERS)})")
     parser.add_argument("--json", help="write the rows to this JSON file")
     parser.add_argument("--plot", help="write a bar chart to this PNG file (needs matplotlib)")
+    parser.add_argument("--backward", action="store_true",
+                        help="time the gradients (dx and dw, conv3d_vjp) against PyTorch autograd's backward")
     args = parser.parse_args(argv)
     nbconv.set_num_threads(args.threads)
     workloads = load_workloads(args.set)
     names = args.workloads.split(",") if args.workloads else list(workloads)
     factories = peers(args.threads, args.peers.split(",") if args.peers else None)
     peak = fma_peak_gflops(args.threads)
-    rows = [measure(workloads[name], factories, args.repeats) for name in names]
+    if args.backward:
+        factories = {name: factories[name] for name in factories if name == "torch"}
+        rows = [measure_backward(workloads[name], args.threads, args.repeats, "torch" in factories) for name in names]
+    else:
+        rows = [measure(workloads[name], factories, args.repeats) for name in names]
     print(f"nbconv {nbconv.__version__}, {args.threads} threads; compile target {TARGET.describe()}; "
           f"peak {peak:.0f} GFLOP/s float32 (register-only multiply-add loop, nbconv.cpu.peak)")
+    if args.backward:
+        print("backward: dx and dw, GFLOP/s counting twice the forward's FLOPs")
     print(format_table(rows, list(factories)))
     if args.json:
         with open(args.json, "w") as f:

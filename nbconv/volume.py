@@ -103,8 +103,14 @@ def _report(x, layer, seconds, client):
 
 
 def peak_memory():
-    """This process's peak resident memory in bytes (Linux gives KiB, macOS bytes)."""
-    import resource  # POSIX only
+    """This process's peak resident memory in bytes: Linux's VmHWM, the peak of its current address
+    space. Not getrusage's ru_maxrss, which survives exec: a worker spawned from a large parent
+    (fork, then exec) reports the parent's size there. Elsewhere ru_maxrss (macOS: bytes)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except OSError:
+        import resource  # POSIX
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024

@@ -4,6 +4,7 @@ NumPy reference, on small shapes of every kind the workload sets hold; the FMA p
 import numpy as np
 import pytest
 
+import nbconv
 from nbconv import compare
 from nbconv.workloads import Workload
 from tests.support import assert_conv_close
@@ -39,3 +40,21 @@ def test_fma_peak_is_measured():
 
     peak = fma_peak_gflops(1, seconds=0.02)
     assert 0.5 < peak < 1e4
+
+
+def test_backward_row_times_the_gradients():
+    row = compare.measure_backward(SMALL[0], 1, 1, with_torch=False)
+    assert row["workload"] == "dense" and row["gflop"] == 2 * SMALL[0].flops / 1e9 and row["nbconv"] > 0
+
+
+@pytest.mark.parametrize("wl", SMALL, ids=[wl.name for wl in SMALL])
+def test_torch_backward_computes_dx(wl):
+    """PyTorch's autograd dx (where torch has the convolution) against nbconv's conv3d_vjp, itself
+    tested against JAX (tests/test_gradients.py). torch is installed by hand (README, Benchmarks)."""
+    pytest.importorskip("torch")
+    x, w = wl.arrays()
+    dy = np.random.default_rng(2).standard_normal(nbconv.conv3d(x, w, **wl.options).shape).astype(np.float32)
+    run = compare.torch_backward_runner(wl, x, w, dy, 1)
+    if run is not None:
+        want = nbconv.conv3d_vjp(x, w, dy, wrt="x", **wl.options)[0]
+        np.testing.assert_allclose(run().numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
