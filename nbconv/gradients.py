@@ -83,6 +83,8 @@ def _axes(geometry):
 
 
 def _dx(dy5, w, geometry):
+    if geometry.flops == 0:  # no product reaches x (an empty result, no channels): zeros, as JAX's
+        return np.zeros((geometry.batch, *geometry.in_spatial, geometry.in_channels), w.dtype)
     groups = geometry.groups
     *kernel, cin_g, cout = w.shape
     # w[..., i, g * cout_g + o] -> flipped[..., o, g * cin_g + i]
@@ -94,6 +96,8 @@ def _dx(dy5, w, geometry):
 
 
 def _dw(x5, dy5, geometry):
+    if geometry.flops == 0:
+        return np.zeros((*geometry.kernel, geometry.in_channels // geometry.groups, geometry.out_channels), x5.dtype)
     groups, (n, *spatial, cin) = geometry.groups, x5.shape
     cin_g = cin // groups
     # x[n, ..., g * cin_g + i] -> volumes[i, ..., g * N + n]; dy[n, ..., c] -> taps[..., n, c]

@@ -47,6 +47,53 @@ def conv3d_reference(x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilatio
     return np.asarray(out if batched else out[0], np.float64)
 
 
+def conv3d_vjp_reference(x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
+                         channel_first=False):
+    """(dx, dw) of `conv3d_reference` with the cotangent dy, by transposing its steps: each tap's
+    products go back to the window they came from (dx, on the dilated and padded input, whose
+    padding and inserted zeros are then dropped) or are summed against the window (dw).
+    Longdouble sums, float64 results."""
+    x, w, dy = (np.asarray(a, np.longdouble) for a in (x, w, dy))
+    if channel_first:
+        x, dy = np.moveaxis(x, -4, -1), np.moveaxis(dy, -4, -1)
+    batched = x.ndim == 5
+    x, dy = (x, dy) if batched else (x[None], dy[None])
+    stride, lhs, rhs = (_three(v) for v in (stride, lhs_dilation, rhs_dilation))
+    kernel, sizes = w.shape[:3], x.shape[1:4]
+    pads = _explicit_pads(padding, sizes, kernel, stride, lhs, rhs)
+    spread = _pad(_dilate(x, lhs), pads)
+    out_sizes = dy.shape[1:4]
+    cin_g, cout = w.shape[3], w.shape[4]
+    wg = w.reshape(*kernel, cin_g, groups, cout // groups)
+    dyg = dy.reshape(*dy.shape[:4], groups, cout // groups)
+    d_spread = np.zeros_like(spread)
+    dw = np.zeros_like(wg)
+    for tap in np.ndindex(*kernel):
+        window = _window(spread, tap, rhs, stride, out_sizes)
+        xs = window.reshape(*window.shape[:4], groups, cin_g)
+        dw[tap] = np.einsum("ndhwgi,ndhwgo->igo", xs, dyg)
+        d_window = _window(d_spread, tap, rhs, stride, out_sizes)  # a view: distinct elements per tap
+        d_window += np.einsum("ndhwgo,igo->ndhwgi", dyg, wg[tap]).reshape(d_window.shape)
+    dilated_shape = (x.shape[0], *((n - 1) * d + 1 for n, d in zip(sizes, lhs)), x.shape[4])
+    dx = _unpad(d_spread, pads, dilated_shape)[:, ::lhs[0], ::lhs[1], ::lhs[2]]
+    if channel_first:
+        dx = np.moveaxis(dx, -1, 1)
+    return np.asarray(dx if batched else dx[0], np.float64), np.asarray(dw.reshape(w.shape), np.float64)
+
+
+def _unpad(a, pads, shape):
+    """The inverse of `_pad` for gradients: the elements of `a` that lie on the unpadded array of
+    `shape`, zeros where `_pad` cropped."""
+    out = np.zeros(shape, a.dtype)
+    source, target = [slice(None)], [slice(None)]
+    for axis, (lo, _) in enumerate(pads):
+        first, end = max(lo, 0), min(a.shape[1 + axis], lo + shape[1 + axis])  # `a` positions on the input
+        source.append(slice(first, max(end, first)))
+        target.append(slice(first - lo, max(end, first) - lo))
+    out[tuple(target)] = a[tuple(source)]
+    return out
+
+
 def _three(v):
     v = tuple(np.atleast_1d(v).tolist())
     return v * 3 if len(v) == 1 else v

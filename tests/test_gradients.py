@@ -1,11 +1,13 @@
-"""conv3d_vjp, weight_standardization_vjp and the layers' vjp against jax.vjp (jax and brainstate are
-test extras; CI installs them): property tests over random shapes and every option."""
+"""conv3d_vjp against the NumPy reference (property tests over random shapes and every option) and
+jax.vjp; weight_standardization_vjp and the layers' vjp against jax.vjp and brainstate (test extras;
+CI installs them)."""
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbconv
+from nbconv.reference import conv3d_vjp_reference
 from tests.support import SIMULATED
 from tests.test_against_brainstate import _parameters
 from tests.test_against_jax import _three
@@ -40,41 +42,65 @@ def lax_vjp(x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, chann
 
 def _bounds(x, w, dy, options, u):
     """Each gradient is a sum of products: |err| <= L * u * (the same sum over |terms|), L its
-    length, for nbconv and JAX each. dx sums taps * Cout / groups terms, dw N * prod(out_spatial)."""
-    abs_dx, abs_dw = lax_vjp(np.abs(x), np.abs(w), np.abs(dy), **{**options, "bias": None})
+    length (dx sums taps * Cout / groups terms, dw N * prod(out_spatial)), plus one rounding to the
+    result's dtype; the reference sums in longdouble."""
+    abs_dx, abs_dw = conv3d_vjp_reference(np.abs(x), np.abs(w), np.abs(dy), **options)
     out_spatial = dy.shape[-3:] if options["channel_first"] else dy.shape[-4:-1]
     batch = x.shape[0] if x.ndim == 5 else 1
     terms_dx = np.prod(w.shape[:3]) * w.shape[4] // options["groups"]
     terms_dw = batch * np.prod(out_spatial)
-    return (terms_dx + 1) * u * abs_dx * 2 + 1e-300, (terms_dw + 1) * u * abs_dw * 2 + 1e-300
+    return (terms_dx + 2) * u * abs_dx + 1e-300, (terms_dw + 2) * u * abs_dw + 1e-300
 
 
-def _conv_case(problem):
-    x, w, options = problem
-    # JAX rejects 'SAME' with input dilation (nbconv defines it) and crops larger than the axis.
-    assume(not (isinstance(options["padding"], str) and max(_three(options["lhs_dilation"])) > 1))
+def _cotangent(x, w, options):
     y = nbconv.conv3d(x, w, **options)
-    assume(y.size > 0)
-    dy = np.random.default_rng(y.size).standard_normal(y.shape).astype(y.dtype)
-    return x, w, dy, options
+    return np.random.default_rng(y.size).standard_normal(y.shape).astype(y.dtype)
 
 
 @settings(max_examples=75, deadline=None)
 @given(conv_problems())
-def test_conv3d_vjp_matches_jax(problem):
-    """Against JAX in float64, within the bound of float64 sums on both sides, or of float32 sums
-    for float32 inputs (nbconv computes in float32 there)."""
-    x, w, dy, options = _conv_case(problem)
-    want_dx, want_dw = lax_vjp(x, w, dy, **options)
+def test_conv3d_vjp_matches_the_reference(problem):
+    """Against the NumPy reference's transposed steps (nbconv.reference.conv3d_vjp_reference), for
+    every option, float32 and float64 (each within its own precision's bound)."""
+    x, w, options = problem
+    options = {k: v for k, v in options.items() if k != "bias"}
+    dy = _cotangent(x, w, options)
     dx, dw, dbias = nbconv.conv3d_vjp(x, w, dy, **options)
+    want_dx, want_dw = conv3d_vjp_reference(x, w, dy, **options)
     bound_dx, bound_dw = _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)
     assert dx.shape == x.shape and dx.dtype == x.dtype and dw.shape == w.shape and dw.dtype == w.dtype
     assert np.all(np.abs(dx - want_dx) <= bound_dx) and np.all(np.abs(dw - want_dw) <= bound_dw)
     channel_axis = (dy.ndim - 4 if options["channel_first"] else -1) % dy.ndim
     want_dbias = dy.sum(axis=tuple(i for i in range(dy.ndim) if i != channel_axis), dtype=np.float64)
-    bias = options.get("bias")
-    assert dbias.shape == ((w.shape[-1],) if bias is None else bias.shape)
-    np.testing.assert_allclose(dbias, want_dbias, rtol=0, atol=dy.size * np.finfo(x.dtype).eps * np.abs(dy).max())
+    assert dbias.shape == (w.shape[-1],)
+    atol = dy.size * np.finfo(x.dtype).eps * np.abs(dy).max(initial=0)
+    np.testing.assert_allclose(dbias, want_dbias, rtol=0, atol=atol)
+
+
+JAX_CASES = [
+    ((2, 5, 6, 7, 4), (3, 3, 3, 4, 6), dict(stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1)),
+    ((2, 5, 6, 7, 4), (3, 2, 3, 2, 6), dict(stride=(2, 1, 3), padding=((1, 2), (0, -1), (2, 0)), lhs_dilation=1,
+                                          rhs_dilation=(1, 2, 1), groups=2)),
+    ((1, 5, 6, 7, 4), (2, 3, 3, 1, 4), dict(stride=(1, 2, 1), padding=((0, 1), (1, 1), (-1, 2)),
+                                          lhs_dilation=(2, 1, 3), rhs_dilation=(2, 1, 1), groups=4)),
+    ((2, 3, 6, 5, 3), (3, 1, 2, 3, 2), dict(stride=2, padding="VALID", lhs_dilation=1, rhs_dilation=1, groups=1)),
+]
+
+
+@pytest.mark.parametrize("channel_first", [False, True])
+@pytest.mark.parametrize("x_shape, w_shape, options", JAX_CASES)
+def test_conv3d_vjp_matches_jax(x_shape, w_shape, options, channel_first):
+    """Against jax.vjp of lax.conv_general_dilated in float64: both sides round, so twice the bound."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    if channel_first:
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    options = {**options, "channel_first": channel_first}
+    dy = _cotangent(x, w, options)
+    want_dx, want_dw = lax_vjp(x, w, dy, **options)
+    dx, dw, _ = nbconv.conv3d_vjp(x, w, dy, **options)
+    bound_dx, bound_dw = _bounds(x, w, dy, options, 2**-53)
+    assert np.all(np.abs(dx - want_dx) <= 2 * bound_dx) and np.all(np.abs(dw - want_dw) <= 2 * bound_dw)
 
 
 def test_only_what_is_asked():
@@ -85,6 +111,8 @@ def test_only_what_is_asked():
     assert dx is None and dbias is None and dw.shape == w.shape
     dx, dw, dbias = nbconv.conv3d_vjp(x, w, dy, wrt=("x", "bias"))
     assert dw is None and dx.shape == x.shape and dbias.shape == (3,)
+    dbias = nbconv.conv3d_vjp(x, w, dy, bias=np.zeros((1, 1, 1, 3), np.float32), wrt="bias")[2]
+    assert dbias.shape == (1, 1, 1, 3) and dbias.dtype == np.float64  # bias's shape, the result's dtype
 
 
 @pytest.mark.parametrize("call, match", [
