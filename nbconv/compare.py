@@ -201,7 +201,7 @@ def measure_backward(wl, threads, repeats, with_torch):
     """GFLOP/s of the whole backward, dx and dw (twice the forward's FLOPs), of nbconv's conv3d_vjp
     and PyTorch autograd's, for a random dy."""
     x, w = wl.arrays()
-    dy = np.random.default_rng(1).standard_normal(nbconv.conv3d(x, w, **wl.options).shape).astype(x.dtype)
+    dy = np.random.default_rng(1).standard_normal(wl.geometry.out_shape).astype(x.dtype)
     runners = {"nbconv": lambda: nbconv.conv3d_vjp(x, w, dy, wrt=("x", "w"), backend="cpu", **wl.options)[0]}
     if with_torch:
         runners["torch"] = torch_backward_runner(wl, x, w, dy, threads)

@@ -137,10 +137,7 @@ def _check_out(out, call, x, w, bias):
 
 def _conv3d_cpu(x, w, bias, call, out):
     geometry, compute = call.geometry, call.compute_dtype
-    x5 = x if call.batched else x[None]
-    if call.channel_first:
-        x5 = np.moveaxis(x5, 1, -1)
-    x5 = np.ascontiguousarray(x5, dtype=compute)
+    x5 = to_kernel_layout(x, call, compute)
     w = np.ascontiguousarray(w, dtype=compute)
     bias = (np.zeros(geometry.out_channels, compute) if bias is None
             else np.ascontiguousarray(bias.reshape(-1), dtype=compute))
@@ -151,14 +148,22 @@ def _conv3d_cpu(x, w, bias, call, out):
     return out if direct else to_caller_layout(y, call, out)
 
 
-def to_caller_layout(y, call, out=None):
-    """Channels-last, batched kernel output -> the caller's layout, dtype and `out`."""
+def to_kernel_layout(a, call, dtype):
+    """An array in the caller's layout (x, or a cotangent of the result) -> channels-last, batched,
+    C-contiguous, of `dtype`: what the kernels take."""
+    a5 = a if call.batched else a[None]
+    return np.ascontiguousarray(np.moveaxis(a5, 1, -1) if call.channel_first else a5, dtype=dtype)
+
+
+def to_caller_layout(y, call, out=None, dtype=None):
+    """Channels-last, batched kernel output -> the caller's layout, `dtype` (default the result's)
+    and `out`."""
     if call.channel_first:
         y = np.moveaxis(y, -1, 1)
     if not call.batched:
         y = y[0]
     if out is None:
-        return np.ascontiguousarray(y, dtype=call.result_dtype)
+        return np.ascontiguousarray(y, dtype=call.result_dtype if dtype is None else dtype)
     out[...] = y
     return out
 
@@ -172,25 +177,43 @@ def weight_standardization(w, eps=1e-4, gain=None, out_axis=-1, backend="auto"):
     on_device = is_device_array(w)
     # Weights are small: both backends standardize a host copy laid out as (fan_in, Cout) columns.
     w, gain = _on_host(w, "w"), _on_host(gain, "gain", optional=True)
-    axis = _standardization_axis(w, out_axis)
-    eps = positive_number(eps, "eps")
-    compute, result = conv_dtypes(("w", np.dtype(w.dtype)))
-    cout = w.shape[axis]
-    if gain is not None:
-        check_real("gain", np.dtype(gain.dtype))
-    if gain is not None and gain.size not in (1, cout):
-        raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {gain.shape}")
-    columns = np.ascontiguousarray(np.moveaxis(w, axis, -1).reshape(-1, cout), dtype=compute)
-    gains = np.ascontiguousarray(np.broadcast_to(np.ones(1) if gain is None else gain.reshape(-1), (cout,)),
-                                 dtype=compute)
+    axis, eps, compute, result, gains = standardization_args(w, eps, gain, out_axis)
+    columns = to_columns(w, axis, compute)
     if backend == "cuda":
         standardized = cuda_module().standardize_columns(columns, eps, gains)
     else:
         standardized = np.empty_like(columns)
         cpu.standardize_columns(columns, eps, gains, standardized)
-    moved = standardized.reshape(*(n for i, n in enumerate(w.shape) if i != axis), cout)
-    standardized = np.ascontiguousarray(np.moveaxis(moved, -1, axis), dtype=result)
+    standardized = from_columns(standardized, w.shape, axis, result)
     return cuda_module().to_device(standardized) if on_device else standardized
+
+
+def standardization_args(w, eps, gain, out_axis, *others):
+    """The checked arguments of a weight standardization of host arrays: (axis, eps, the compute and
+    result dtypes, the Cout gains in the compute dtype). `others`, (name, array) pairs, join w in
+    conv3d's dtype rule."""
+    axis = _standardization_axis(w, out_axis)
+    eps = positive_number(eps, "eps")
+    compute, result = conv_dtypes(("w", np.dtype(w.dtype)), *((name, np.dtype(a.dtype)) for name, a in others))
+    cout = w.shape[axis]
+    if gain is not None:
+        check_real("gain", np.dtype(gain.dtype))
+    if gain is not None and gain.size not in (1, cout):
+        raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {gain.shape}")
+    gains = np.ascontiguousarray(np.broadcast_to(np.ones(1) if gain is None else gain.reshape(-1), (cout,)),
+                                 dtype=compute)
+    return axis, eps, compute, result, gains
+
+
+def to_columns(a, axis, dtype):
+    """`a` as (fan_in, Cout) columns, Cout its `axis`, in `dtype`."""
+    return np.ascontiguousarray(np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis]), dtype=dtype)
+
+
+def from_columns(columns, shape, axis, dtype):
+    """The inverse of `to_columns`: (fan_in, Cout) columns -> an array of `shape`, in `dtype`."""
+    moved = columns.reshape(*(n for i, n in enumerate(shape) if i != axis), shape[axis])
+    return np.ascontiguousarray(np.moveaxis(moved, -1, axis), dtype=dtype)
 
 
 def _on_host(a, name, optional=False):

@@ -1,4 +1,5 @@
-"""Vector-Jacobian products of conv3d and of the weight standardization (issue 15; README, "Training").
+"""Vector-Jacobian products of conv3d and of the weight standardization (issue 15; README,
+"Gradients").
 
 Both gradients of a convolution are convolutions, so they run on the forward kernels (JAX's
 transpose rules for ``conv_general_dilated``, with nbconv's explicit pads). For each spatial axis
@@ -14,9 +15,10 @@ the dilated extents N = dilated(n, l), K = dilated(k, r), O = dilated(o, s):
 """
 import numpy as np
 
-from nbconv.functional import _conv3d_cpu, _host_array, _validate, positive_number, _standardization_axis
 from nbconv.dispatch import choose_backend
 from nbconv.dtypes import check_real, conv_dtypes
+from nbconv.functional import (_conv3d_cpu, _host_array, _validate, from_columns, standardization_args,
+                               to_caller_layout, to_columns, to_kernel_layout)
 from nbconv.geometry import dilated
 
 WRT = ("x", "w", "bias")
@@ -38,9 +40,9 @@ def conv3d_vjp(x, w, dy, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilati
     if tuple(dy.shape) != call.result_shape:
         raise ValueError(f"dy must have the result's shape {call.result_shape}, got {tuple(dy.shape)}")
     compute = conv_dtypes(("x", x.dtype), ("w", w.dtype), ("dy", dy.dtype))[0]
-    x5, dy5 = (_channels_last(a, call, compute) for a in (x, dy))
+    x5, dy5 = (to_kernel_layout(a, call, compute) for a in (x, dy))
     w = np.asarray(w, compute)
-    dx = _to_caller(_dx(dy5, w, call.geometry), call, _cotangent_dtype(x)) if "x" in wanted else None
+    dx = to_caller_layout(_dx(dy5, w, call.geometry), call, dtype=_cotangent_dtype(x)) if "x" in wanted else None
     dw = _dw(x5, dy5, call.geometry).astype(_cotangent_dtype(w)) if "w" in wanted else None
     dbias = _dbias(dy5, bias, call) if "bias" in wanted else None
     return dx, dw, dbias
@@ -51,16 +53,6 @@ def _wrt(wrt):
     if names is None or not set(names) <= set(WRT):
         raise ValueError(f"wrt must name some of {WRT}, got {wrt!r}")
     return set(names)
-
-
-def _channels_last(a, call, dtype):
-    a5 = a if call.batched else a[None]
-    return np.ascontiguousarray(np.moveaxis(a5, 1, -1) if call.channel_first else a5, dtype)
-
-
-def _to_caller(a5, call, dtype):
-    a = np.moveaxis(a5, -1, 1) if call.channel_first else a5
-    return np.ascontiguousarray(a if call.batched else a[0], dtype)
 
 
 def _cotangent_dtype(a):
@@ -121,31 +113,21 @@ def weight_standardization_vjp(w, dw_hat, eps=1e-4, gain=None, out_axis=-1):
     ``var * fan_in`` equals eps exactly, half of each side of the max, as JAX's."""
     w, dw_hat = _host_array(w, "w"), _host_array(dw_hat, "dw_hat")
     gain = _host_array(gain, "gain", optional=True)
-    axis = _standardization_axis(w, out_axis)
-    eps = positive_number(eps, "eps")
     if tuple(dw_hat.shape) != tuple(w.shape):
         raise ValueError(f"dw_hat must have w's shape {tuple(w.shape)}, got {tuple(dw_hat.shape)}")
-    compute, _ = conv_dtypes(("w", w.dtype), ("dw_hat", dw_hat.dtype))
-    cout = w.shape[axis]
-    if gain is not None:
-        check_real("gain", np.dtype(gain.dtype))
-        if gain.size not in (1, cout):
-            raise ValueError(f"gain must have 1 or Cout = {cout} elements, got shape {gain.shape}")
-    # Columns: (fan_in, Cout), in the compute precision.
-    columns, grads = (np.moveaxis(np.asarray(a, compute), axis, -1).reshape(-1, cout) for a in (w, dw_hat))
+    axis, eps, compute, _, gains = standardization_args(w, eps, gain, out_axis, ("dw_hat", dw_hat))
+    columns, grads = (to_columns(a, axis, compute) for a in (w, dw_hat))
     fan_in = columns.shape[0]
     centred = columns - columns.mean(axis=0)
     spread = (centred**2).mean(axis=0) * fan_in
     clipped = np.maximum(spread, eps)
     inv = 1 / np.sqrt(clipped)
-    gains = np.broadcast_to(np.ones(1, compute) if gain is None else np.asarray(gain, compute).reshape(-1), (cout,))
     d_scale = (grads * centred).sum(axis=0)  # d loss / d (gain * inv), per column
     # d inv / d spread, where the variance side of the max is the one taken (half at a tie)
     through_spread = np.where(spread > eps, 1.0, np.where(spread == eps, 0.5, 0.0)) * -0.5 * inv / clipped
     d_spread = d_scale * gains * through_spread
     d_columns = gains * inv * (grads - grads.mean(axis=0)) + d_spread * 2 * centred
-    dw = np.moveaxis(d_columns.reshape(*(n for i, n in enumerate(w.shape) if i != axis), cout), -1, axis)
-    dw = np.ascontiguousarray(dw, _cotangent_dtype(w))
+    dw = from_columns(d_columns, w.shape, axis, _cotangent_dtype(w))
     if gain is None:
         return dw, None
     dgain = d_scale * inv

@@ -61,8 +61,9 @@ def main(argv):
                 _make(source, args.shape, args.chunks, client)
             x = da.from_zarr(str(source))
             layer = nbconv.ScaledWSConv3d(x.shape[1:], args.out_channels, args.kernel)
-            layer(x).blocks[(0,) * 5].compute(scheduler="sync")  # compiled here: the workers load Numba's cache
-            seconds = _convolve(layer(x), scratch / "features.zarr", client)
+            y = layer(x)
+            y.blocks[(0,) * 5].compute(scheduler="sync")  # compiled here: the workers load Numba's cache
+            seconds = _convolve(y, scratch / "features.zarr", client)
             _report(x, layer, seconds, client)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -92,7 +93,7 @@ def _convolve(y, path, client):
 
 
 def _report(x, layer, seconds, client):
-    flops = 2 * layer.kernel().size * np.prod(x.shape[:4])
+    flops = 2 * np.prod(layer.kernel_shape) * np.prod(x.shape[:4])  # stride 1, SAME: as many outputs as inputs
     print(f"convolved {x.shape} -> {(x.shape[0], *layer.out_size)} in {seconds:.2f} s: "
           f"{x.nbytes / 2**20 / seconds:.0f} MiB/s of input, {flops / seconds / 1e9:.2f} GFLOP/s (reading and "
           f"writing Zarr included)")
