@@ -11,10 +11,13 @@ the dilated extents N = dilated(n, l), K = dilated(k, r), O = dilated(o, s):
 - dw is x convolved with dy, N and Cin trading places: x as a batch of Cin/groups volumes whose
   channels are (group, sample), dy as a kernel of o taps with N input and Cout output channels per
   group: stride r, lhs dilation l, rhs dilation s, pads (lo, O - N + K - lo - 1); its output has the
-  kernel's spatial size.
+  kernel's spatial size. That convolution has 1-3 reduction steps per tap and a 3-pixel output row, so
+  where a group's output channels fill half a vector or more, dw runs instead on the weight-gradient
+  kernel (`nbconv.cpu.weight_grad`: the forward's micro-kernel with input channels as its pixels).
 """
 import numpy as np
 
+from nbconv.cpu import weight_grad
 from nbconv.dispatch import choose_backend
 from nbconv.dtypes import check_real, conv_dtypes
 from nbconv.functional import (_conv3d_cpu, _host_array, _validate, from_columns, standardization_args,
@@ -90,6 +93,8 @@ def _dx(dy5, w, geometry):
 def _dw(x5, dy5, geometry):
     if geometry.flops == 0:
         return np.zeros((*geometry.kernel, geometry.in_channels // geometry.groups, geometry.out_channels), x5.dtype)
+    if weight_grad.usable(geometry, x5.dtype):
+        return weight_grad.weight_gradient(x5, dy5, geometry)
     groups, (n, *spatial, cin) = geometry.groups, x5.shape
     cin_g = cin // groups
     # x[n, ..., g * cin_g + i] -> volumes[i, ..., g * N + n]; dy[n, ..., c] -> taps[..., n, c]

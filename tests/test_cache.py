@@ -1,5 +1,5 @@
 """Numba's on-disk cache and the compiled CPU kernels: an edit of a module whose code a cached kernel
-links in, not only of the file that defines it, compiles the kernel anew (`blocked._LINKED_SOURCES`)."""
+links in, not only of the file that defines it, compiles the kernel anew (`launch.LINKED_SOURCES`)."""
 import os
 import shutil
 import subprocess

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import nbconv
-from nbconv.cpu import blocked, microkernel
+from nbconv.cpu import blocked, conv, microkernel
 from nbconv.geometry import conv_geometry
 from tests.support import BACKEND, KERNELS, SIMULATED, assert_conv_close, forced_kernel
 
@@ -242,6 +242,28 @@ def test_blocked_input_phases_where_k_divides_the_group_inputs(dtype, groups, ci
     geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), (3, 3, 3, cin_g, groups * cout_g), stride=1,
                              padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=groups, channel_first=False)
     assert blocked._blocking(geometry, np.dtype(dtype)).phases == phases
+
+
+@pytest.mark.parametrize("dtype, cin, cout, options", [
+    ("float32", 32, 3, {"padding": "SAME"}), ("float32", 64, 1, {"padding": 1, "lhs_dilation": 2}),
+    ("float32", 8, 2, {"stride": (1, 2, 3), "padding": "SAME"}), ("float64", 8, 1, {"rhs_dilation": 2, "padding": 2})])
+def test_few_output_channels_run_blocked_as_input_phases(dtype, cin, cout, options):
+    """A layer to fewer than 4 channels (groups = 1; an input gradient of an RGB or single-channel
+    layer) runs on the blocked kernel, its vectors K input phases of the one group, not on the loop
+    nest: where K = Cin_g / 2**j fits Cout * K <= LANES (all of them on AVX2 and AVX-512)."""
+    geometry = conv_geometry((1, 4, 5, 13, cin), (3, 3, 3, cin, cout), stride=options.get("stride", 1),
+                             padding=options["padding"], lhs_dilation=options.get("lhs_dilation", 1),
+                             rhs_dilation=options.get("rhs_dilation", 1), groups=1, channel_first=False)
+    blocking, width = blocked._blocking(geometry, np.dtype(dtype)), blocked.lanes(dtype)
+    if 2 * cout > width:
+        pytest.skip(f"{width} lanes: {cout} channels fill a vector's half")
+    assert blocking.phases > 1 and blocking.phases * cout <= width and conv._plan(geometry, dtype, None)[0] is \
+        blocked.conv3d
+    rng = np.random.default_rng(cin)
+    x = rng.standard_normal((2, 4, 5, 13, cin)).astype(dtype)
+    w = rng.standard_normal((3, 3, 3, cin, cout)).astype(dtype)
+    bias = rng.standard_normal(cout).astype(dtype)
+    assert_conv_close(nbconv.conv3d(x, w, bias=bias, backend="cpu", **options), x, w, bias=bias, **options)
 
 
 @pytest.mark.parametrize("aligned", [True, False])

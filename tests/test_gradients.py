@@ -77,6 +77,42 @@ def test_conv3d_vjp_matches_the_reference(problem):
     np.testing.assert_allclose(dbias, want_dbias, rtol=0, atol=atol)
 
 
+# (x shape, w shape, options) through every layout of the weight-gradient kernel (nbconv.cpu.weight_grad):
+# W phases (stride), classes (input dilation), both, kernel dilation, negative and uneven padding, groups
+# with partial and several vector blocks, input channels in several runs (1x1x1 kernel), tiles' remainders.
+WEIGHT_GRADIENT_CASES = [
+    ((2, 4, 5, 11, 13), (3, 3, 3, 13, 20), dict(stride=(1, 1, 2), padding="SAME")),
+    ((1, 4, 5, 13, 7), (2, 3, 3, 7, 9), dict(stride=(2, 1, 3), padding=((1, 0), (0, -1), (2, -1)))),
+    ((1, 3, 4, 9, 6), (2, 2, 3, 3, 18), dict(lhs_dilation=(1, 2, 2), padding=1, groups=2)),
+    ((2, 3, 4, 9, 5), (3, 2, 3, 5, 40), dict(stride=(1, 2, 2), lhs_dilation=(2, 1, 3), rhs_dilation=(1, 2, 2),
+                                             padding=((2, 1), (1, 2), (3, 0)))),
+    ((1, 3, 4, 6, 40), (1, 1, 1, 40, 8), dict(padding="VALID")),
+    ((2, 3, 3, 8, 3), (3, 3, 3, 3, 32), dict(padding="SAME", rhs_dilation=(1, 1, 2))),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("x_shape, w_shape, options", WEIGHT_GRADIENT_CASES)
+def test_weight_gradient_kernel_matches_the_reference(x_shape, w_shape, options, dtype):
+    """dw on the weight-gradient kernel (asserted to be the one used) against the reference; a NaN in x
+    reaches exactly the weights whose products read it."""
+    from nbconv.cpu import weight_grad
+    from nbconv.geometry import conv_geometry
+
+    options = {"stride": 1, "lhs_dilation": 1, "rhs_dilation": 1, "groups": 1, "channel_first": False, **options}
+    geometry = conv_geometry(x_shape, w_shape, **options)
+    assert weight_grad.usable(geometry, np.dtype(dtype))
+    rng = np.random.default_rng(x_shape[-1])
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    dy = _cotangent(x, w, options)
+    dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
+    want = conv3d_vjp_reference(x, w, dy, **options)[1]
+    assert np.all(np.abs(dw - want) <= _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)[1])
+    x[0, 1, 2, 3, 0] = np.nan
+    nan_dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
+    np.testing.assert_array_equal(np.isnan(nan_dw), np.isnan(conv3d_vjp_reference(x, w, dy, **options)[1]))
+
+
 JAX_CASES = [
     ((2, 5, 6, 7, 4), (3, 3, 3, 4, 6), dict(stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1)),
     ((2, 5, 6, 7, 4), (3, 2, 3, 2, 6), dict(stride=(2, 1, 3), padding=((1, 2), (0, -1), (2, 0)), lhs_dilation=1,

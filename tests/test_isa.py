@@ -45,6 +45,7 @@ def families(target):
                 yield dtype, 1, k, lanes // k // 2 or 1, 1
         if lanes > 2:
             yield dtype, min(2, target.max_vectors), 2, lanes // 2, 4
+        yield dtype, 1, lanes, 1, 2 * lanes  # one output channel in LANES input phases (groups = 1)
         yield dtype, 1, lanes, 1, 1
         yield dtype, target.whole_vectors, lanes, 1, 1
 
@@ -139,7 +140,14 @@ CONFORMANCE = [
     ("float32", 64, 1, 1, {"padding": "SAME"}), ("float32", 64, 1, 1, {"stride": 2, "padding": 1}),
     ("float32", 2, 3, 2, {"padding": "SAME"}), ("float64", 1, 3, 9, {"padding": "SAME"}),
     ("float64", 2, 6, 2, {"padding": "SAME"}), ("float64", 32, 1, 1, {"padding": "SAME"}),
+    ("float32", 1, 8, 1, {"padding": "SAME"}), ("float32", 1, 4, 3, {"stride": (1, 1, 2), "padding": 1}),
+    ("float64", 1, 4, 1, {"lhs_dilation": (1, 1, 2), "padding": 1}),
 ]
+# dw through the weight-gradient kernel (nbconv.cpu.weight_grad): (dtype, Cin, Cout, options) with 1, 2 and
+# 3 vectors, a partial block, W phases and classes; input channels along the same rows as above.
+WEIGHT_GRADIENTS = [("float32", 13, 20, {"stride": (1, 1, 2), "padding": "SAME"}),
+                    ("float32", 5, 70, {"lhs_dilation": (1, 1, 2), "padding": 1}),
+                    ("float64", 7, 9, {"padding": "SAME"})]
 
 
 def conformance():
@@ -147,6 +155,7 @@ def conformance():
     as large ones are (streamed or prefetched); -> the number of convolutions checked."""
     import nbconv
     from nbconv.cpu import blocked
+    from nbconv.reference import conv3d_vjp_reference
     from tests.support import assert_conv_close
 
     checked = 0
@@ -163,16 +172,29 @@ def conformance():
                 assert_conv_close(got, x, w, groups=groups, bias=bias, **options)
                 checked += 1
     blocked.PREFETCH_OUT_BYTES = usual
+    for dtype, cin, cout, options in WEIGHT_GRADIENTS:
+        rng = np.random.default_rng(cin)
+        w = rng.standard_normal((3, 2, 3, cin, cout)).astype(dtype)
+        for width in (1, 5, 13, 29):
+            x = rng.standard_normal((2, 3, 4, width, cin)).astype(dtype)
+            dy = rng.standard_normal(nbconv.conv3d(x, w, **options).shape).astype(dtype)
+            want = conv3d_vjp_reference(x, w, dy, **options)[1]
+            got = nbconv.conv3d_vjp(x, w, dy, wrt="w", backend="cpu", **options)[1]
+            tolerance = 4 * x.shape[0] * np.prod(dy.shape[1:4]) * np.finfo(dtype).eps * np.abs(want).max()
+            np.testing.assert_allclose(got, want, rtol=0, atol=tolerance)
+            checked += 1
     return checked
 
 
 def libm_fma_calls():
     """Calls to fma/fmaf in the machine code of every compiled CPU kernel of nbconv."""
-    from nbconv.cpu import blocked, direct, launch, standardize
+    from nbconv.cpu import blocked, direct, launch, standardize, weight_grad
 
-    kernels = [launch.run, blocked._gather, blocked._interleave, direct.conv_grouped, standardize.standardize_columns]
+    kernels = [launch.run, blocked._gather, blocked._interleave, direct.conv_grouped, standardize.standardize_columns,
+               weight_grad._transpose, weight_grad._pack]
     machine_code = [(kernel.__name__, asm) for kernel in kernels for asm in kernel.inspect_asm().values()]
-    machine_code += [(f"entry {key}", entry._library.get_asm_str()) for key, entry in blocked.ENTRIES.items()]
+    entries = {**blocked.ENTRIES, **{("dw", *key): entry for key, entry in weight_grad.ENTRIES.items()}}
+    machine_code += [(f"entry {key}", entry._library.get_asm_str()) for key, entry in entries.items()]
     assert len(machine_code) > len(kernels), "no kernel family was compiled"
     return [(name, call) for name, asm in machine_code for call in _CALLED.findall(asm) if call in ("fma", "fmaf")]
 
@@ -189,7 +211,7 @@ def test_conformance_on_target(cpu, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     print(result.stdout)
     checked = int(re.search(r"(\d+) convolutions", result.stdout).group(1))
-    assert checked == 8 * len(CONFORMANCE), result.stdout
+    assert checked == 8 * len(CONFORMANCE) + 4 * len(WEIGHT_GRADIENTS), result.stdout
 
 
 def main(argv):

@@ -23,21 +23,18 @@ where x and the weights both continue (a dense or depthwise stride-1 row reduces
 which is what makes Cin = 1 or 3 fast), shared by every unit and channel block. Micro-kernel pixels
 run along W; a run shorter than its stretch (a padded W edge) runs down H instead.
 """
-import hashlib
 from functools import lru_cache
 from math import gcd, prod
-from pathlib import Path
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import carray, cfunc, from_dtype, get_num_threads, njit, prange, types
+from numba import carray, get_num_threads, njit, prange
 
 from nbconv import buffers
 from nbconv.config import CACHE
-from nbconv.cpu import launch, microkernel, parallel, target, tasks
+from nbconv.cpu import launch, parallel
 from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_tile, lanes, store_fence
-from nbconv.cpu.tasks import claim, in_slices
+from nbconv.cpu.tasks import claim
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
@@ -53,11 +50,18 @@ PREFETCH_OUT_BYTES = 4 << 20
 
 
 def spread_for(geometry, dtype):
-    """Groups per vector K: the most groups, dividing their number, whose output channels fit in one
-    vector (1 once a group needs half a vector or more)."""
+    """Slots per vector K: the most groups, dividing their number, whose output channels fit in one
+    vector (1 once a group needs half a vector or more). Where that leaves fewer than 4 channels in a
+    vector (groups = 1 with Cout < 4, as the input gradient of an RGB or single-channel layer), the
+    most input phases instead (a power of two dividing the group's input channels, see `_blocking`)."""
     width = lanes(dtype)
-    cout_g = geometry.out_channels // geometry.groups
-    return max(k for k in range(1, width // cout_g + 1) if geometry.groups % k == 0) if 2 * cout_g <= width else 1
+    cout_g, cin_g = geometry.out_channels // geometry.groups, geometry.in_channels // geometry.groups
+    if 2 * cout_g > width:
+        return 1
+    k = max(k for k in range(1, width // cout_g + 1) if geometry.groups % k == 0)
+    if k * cout_g >= 4:
+        return k
+    return max(k for k in range(1, width // cout_g + 1) if k & (k - 1) == 0 and cin_g % k == 0)
 
 
 def conv3d(x, w, bias, geometry, tables, out):
@@ -65,16 +69,9 @@ def conv3d(x, w, bias, geometry, tables, out):
     inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
     entry, workers, meta = _launch_args(geometry, x.dtype, get_num_threads(), _store_mode(out, blocking))
-    # BAND output rows (n, od, oh...) per task, claimed by the threads from counter[0] (`tasks.claim`);
-    # counter[1:] = the first and end of this launch's slice of the tasks (`tasks.in_slices`).
-    counter = np.zeros(3, np.int64)
-    arrays = (inputs, weights, _gather(bias, bias_index), out, *tables, counter, meta)
-
-    def run(first, end):
-        counter[0] = counter[1] = first  # (three scalar stores: a third of the tuple's assignment)
-        counter[2] = end
-        launch.run(entry, workers, arrays)
-    in_slices(run, meta[0], geometry.flops)
+    # BAND output rows (n, od, oh...) per task, claimed by the threads (`launch.run_tasks`).
+    arrays = (inputs, weights, _gather(bias, bias_index), out, *tables, np.zeros(3, np.int64), meta)
+    launch.run_tasks(entry, workers, arrays, meta[0], geometry.flops)
 
 
 def _store_mode(out, blocking):
@@ -109,8 +106,10 @@ def _blocking(geometry, dtype):
     groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
     # K lanes per channel as input phases of one group fill as many lanes as K groups, and leave x
     # as it is (grouped_g8: the interleave took 8% of the call): when K divides the group's inputs.
+    # (K = LANES groups are whole-vector inputs instead; K slots that do not divide the groups are
+    # phases by `spread_for`.)
     cin_g = geometry.in_channels // groups
-    phases = k if k < width and k & (k - 1) == 0 and cin_g % k == 0 else 1
+    phases = k if (k < width or groups % k) and k & (k - 1) == 0 and cin_g % k == 0 else 1
     if k == 1:  # the group's vectors in blocks of one of the target's sizes: the fewest vectors
         # computed (of zero weights too), then the fewest blocks. 6 vectors are 2 blocks of 3, not 4 + 2
         # with two of zeros (96 channels on AVX-512: 1.33x); 3 on AVX2 one block of 3, not 2 + 2. One
@@ -236,8 +235,7 @@ def _launch_args(geometry, dtype, threads, mode):
     meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
                      bias_size, *geometry.in_spatial, geometry.in_channels, *packed, *tables), np.int64)
     meta.flags.writeable = False
-    entry = _entry(blocking.shape, dtype)
-    return getattr(entry, "address", entry), workers, meta  # the Python function under NUMBA_DISABLE_JIT
+    return launch.address(_entry(blocking.shape, dtype)), workers, meta
 
 
 def _entry(shape, dtype):
@@ -248,28 +246,17 @@ def _entry(shape, dtype):
     if (shape, dtype) in ENTRIES:
         return ENTRIES[shape, dtype]
     vectors, spread, group, phased = shape
-    values, integers = types.CPointer(from_dtype(dtype)), types.CPointer(types.int64)
-    digest = _LINKED_SOURCES
+    digest = launch.LINKED_SOURCES
 
     def entry(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta):
         digest  # noqa: B018 (referenced, so that it is a cell of the closure, which Numba's cache keys by)
         _work(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta, vectors, spread, group, phased)
-    if numba.config.DISABLE_JIT:  # called as Python, with ctypes pointers (`launch._call_python`)
-        ENTRIES[shape, dtype] = entry
-    else:
-        ENTRIES[shape, dtype] = cfunc(types.void(*[values] * 4, *[integers] * 5), error_model="numpy",
-                                      cache=CACHE)(entry)
+    ENTRIES[shape, dtype] = launch.entry_point(entry, dtype)
     return ENTRIES[shape, dtype]
 
 
 # (family shape, dtype) -> compiled entry (`_entry`)
 ENTRIES = {}
-# Numba's cache checks the source file of a cached function only, but an entry's machine code also
-# comes from the micro-kernel generator, its target tables and the task counter: a digest of their
-# source is a constant of every entry, so that an edit there (a `git pull`) compiles the entries anew
-# instead of loading stale ones.
-_LINKED_SOURCES = hashlib.sha256(b"".join(Path(module.__file__).read_bytes()
-                                          for module in (microkernel, target, tasks))).hexdigest()
 
 
 @njit(inline="always")

@@ -7,13 +7,52 @@ most of a family's cold compile (grouped_g8 on Zen 3: 5.4 s, 2.4 without). So th
 once, as a C function of data pointers (`blocked._entry`), and this loop, compiled once for all
 families, calls it by address on each of Numba's threads.
 """
+import hashlib
+from pathlib import Path
+
+import numba
 from llvmlite import ir
-from numba import prange, types
+from numba import cfunc, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nbconv.config import CACHE
-from nbconv.cpu import nojit, parallel
+from nbconv.cpu import microkernel, nojit, parallel, target, tasks
+from nbconv.cpu.tasks import in_slices
+
+# Numba's cache checks the source file of a cached function only, but an entry's machine code also
+# comes from the micro-kernel generator, its target tables and the task counter: a digest of their
+# source is a constant of every entry (a cell of its closure, which Numba's cache keys by), so that an
+# edit there (a `git pull`) compiles the entries anew instead of loading stale ones.
+LINKED_SOURCES = hashlib.sha256(b"".join(Path(module.__file__).read_bytes()
+                                         for module in (microkernel, target, tasks))).hexdigest()
+
+
+def entry_point(function, dtype):
+    """`function` of (4 pointers to `dtype` values, 5 to int64) as a compiled C function that `run`
+    calls by address; the Python function itself under NUMBA_DISABLE_JIT (`_call_python`)."""
+    if numba.config.DISABLE_JIT:
+        return function
+    values, integers = types.CPointer(numba.from_dtype(dtype)), types.CPointer(types.int64)
+    return cfunc(types.void(*[values] * 4, *[integers] * 5), error_model="numpy", cache=CACHE)(function)
+
+
+def address(entry):
+    """What `run` takes for an entry point (the Python function under NUMBA_DISABLE_JIT)."""
+    return getattr(entry, "address", entry)
+
+
+def run_tasks(entry, workers, arrays, n_tasks, flops):
+    """An entry whose threads claim n_tasks tasks from counter = arrays[7] (`tasks.claim`: counter[0]
+    the next task, counter[1:] this launch's first and end), in slices that Ctrl-C can interrupt
+    between (`tasks.in_slices`); `flops`, the work of all of them, sizes the slices."""
+    counter = arrays[7]
+
+    def launch(first, end):
+        counter[0] = counter[1] = first  # (three scalar stores: a third of the tuple's assignment)
+        counter[2] = end
+        run(entry, workers, arrays)
+    in_slices(launch, n_tasks, flops)
 
 
 @parallel.kernel(cache=CACHE)
