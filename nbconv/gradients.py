@@ -18,7 +18,7 @@ the dilated extents N = dilated(n, l), K = dilated(k, r), O = dilated(o, s):
 import numpy as np
 
 from nbconv.cpu import weight_grad
-from nbconv.dispatch import choose_backend
+from nbconv.dispatch import choose_backend, cuda_module, is_device_array
 from nbconv.dtypes import check_real, conv_dtypes
 from nbconv.functional import (_conv3d_cpu, _host_array, _validate, from_columns, standardization_args,
                                to_caller_layout, to_columns, to_kernel_layout)
@@ -32,12 +32,17 @@ def conv3d_vjp(x, w, dy, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilati
     """(dx, dw, dbias): the vector-Jacobian product of ``conv3d(x, w, ...)`` (same options) with the
     cotangent `dy` (the result's shape). Only the names in `wrt` ('x', 'w', 'bias') are computed;
     the others are None. dx has x's layout; dx and dw have x's and w's dtypes (integers: float64),
-    dbias bias's shape (else (Cout,)); all are computed in conv3d's precision."""
+    dbias bias's shape (else (Cout,)); all are computed in conv3d's precision. On backend 'cuda' (and
+    for device arrays) the convolutions run on the CUDA kernels, the operands re-laid on the host in
+    between; device arrays in give device arrays out."""
     wanted = _wrt(wrt)
-    if choose_backend(backend, x, w, dy, bias) != "cpu":
-        raise ValueError("conv3d_vjp runs on the CPU backend (backend='cpu' or NumPy arrays); CUDA is not done yet")
+    backend = choose_backend(backend, x, w, dy, bias)
     x, w, dy = _host_array(x, "x"), _host_array(w, "w"), _host_array(dy, "dy")
     bias = _host_array(bias, "bias", optional=True)
+    on_device = any(is_device_array(a) for a in (x, w, dy, bias))
+    if on_device:  # re-laid on the host (the transposes below), convolved on the device
+        x, w, dy, bias = (None if a is None else cuda_module().to_host(a) if is_device_array(a) else a
+                          for a in (x, w, dy, bias))
     call = _validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
     check_real("dy", np.dtype(dy.dtype))
     if tuple(dy.shape) != call.result_shape:
@@ -45,9 +50,12 @@ def conv3d_vjp(x, w, dy, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilati
     compute = conv_dtypes(("x", x.dtype), ("w", w.dtype), ("dy", dy.dtype))[0]
     x5, dy5 = (to_kernel_layout(a, call, compute) for a in (x, dy))
     w = np.asarray(w, compute)
-    dx = to_caller_layout(_dx(dy5, w, call.geometry), call, dtype=_cotangent_dtype(x)) if "x" in wanted else None
-    dw = _dw(x5, dy5, call.geometry).astype(_cotangent_dtype(w)) if "w" in wanted else None
+    geometry = call.geometry
+    dx = to_caller_layout(_dx(dy5, w, geometry, backend), call, dtype=_cotangent_dtype(x)) if "x" in wanted else None
+    dw = _dw(x5, dy5, geometry, backend).astype(_cotangent_dtype(w)) if "w" in wanted else None
     dbias = _dbias(dy5, bias, call) if "bias" in wanted else None
+    if on_device:
+        return tuple(None if a is None else cuda_module().to_device(np.ascontiguousarray(a)) for a in (dx, dw, dbias))
     return dx, dw, dbias
 
 
@@ -62,11 +70,11 @@ def _cotangent_dtype(a):
     return np.dtype(a.dtype) if a.dtype.kind == "f" else np.dtype(np.float64)
 
 
-def _run(x, w, **options):
-    """The forward CPU path on channels-last, batched arrays of one dtype."""
+def _run(x, w, backend, **options):
+    """The forward path of `backend` on channels-last, batched NumPy arrays of one dtype -> NumPy."""
     call = _validate(x, w, None, (options["stride"], options["padding"], options["lhs_dilation"],
                                   options["rhs_dilation"], options["groups"], False))
-    return _conv3d_cpu(x, w, None, call, None)
+    return (_conv3d_cpu if backend == "cpu" else cuda_module().conv3d)(x, w, None, call, None)
 
 
 def _axes(geometry):
@@ -77,7 +85,7 @@ def _axes(geometry):
                dilated(geometry.out_spatial[axis], geometry.stride[axis]), geometry.pads[axis][0])
 
 
-def _dx(dy5, w, geometry):
+def _dx(dy5, w, geometry, backend):
     if geometry.flops == 0:  # no product reaches x (an empty result, no channels): zeros, as JAX's
         return np.zeros((geometry.batch, *geometry.in_spatial, geometry.in_channels), w.dtype)
     groups = geometry.groups
@@ -86,14 +94,14 @@ def _dx(dy5, w, geometry):
     swapped = w.reshape(*kernel, cin_g, groups, cout // groups).transpose(0, 1, 2, 5, 4, 3)
     flipped = np.ascontiguousarray(swapped[::-1, ::-1, ::-1].reshape(*kernel, cout // groups, groups * cin_g))
     pads = [(kd - lo - 1, nd + kd - 1 - od - (kd - lo - 1)) for nd, kd, od, lo in _axes(geometry)]
-    return _run(dy5, flipped, stride=geometry.lhs_dilation, padding=pads, lhs_dilation=geometry.stride,
+    return _run(dy5, flipped, backend, stride=geometry.lhs_dilation, padding=pads, lhs_dilation=geometry.stride,
                 rhs_dilation=geometry.rhs_dilation, groups=groups)
 
 
-def _dw(x5, dy5, geometry):
+def _dw(x5, dy5, geometry, backend):
     if geometry.flops == 0:
         return np.zeros((*geometry.kernel, geometry.in_channels // geometry.groups, geometry.out_channels), x5.dtype)
-    if weight_grad.usable(geometry, x5.dtype):
+    if backend == "cpu" and weight_grad.usable(geometry, x5.dtype):
         return weight_grad.weight_gradient(x5, dy5, geometry)
     groups, (n, *spatial, cin) = geometry.groups, x5.shape
     cin_g = cin // groups
@@ -102,8 +110,8 @@ def _dw(x5, dy5, geometry):
                                    .reshape(cin_g, *spatial, groups * n))
     taps = np.ascontiguousarray(dy5.transpose(1, 2, 3, 0, 4))
     pads = [(lo, od - nd + kd - lo - 1) for nd, kd, od, lo in _axes(geometry)]
-    per_input = _run(volumes, taps, stride=geometry.rhs_dilation, padding=pads, lhs_dilation=geometry.lhs_dilation,
-                     rhs_dilation=geometry.stride, groups=groups)
+    per_input = _run(volumes, taps, backend, stride=geometry.rhs_dilation, padding=pads,
+                     lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.stride, groups=groups)
     return np.moveaxis(per_input, 0, 3)  # (Cin / groups, KD, KH, KW, Cout) -> w's layout
 
 

@@ -55,3 +55,25 @@ def test_layer_on_cuda_backend():
     layer = nbconv.Conv3d((3, 4, 3, 2), 3, 2, w_init=W, backend="cuda")
     assert isinstance(layer(X), np.ndarray)
     assert_conv_close(layer(X), X, W)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_conv3d_vjp_on_cuda(on_device):
+    """The gradients' convolutions on the CUDA kernels, against the NumPy reference's: NumPy in, NumPy
+    out; device arrays in, device arrays out."""
+    from nbconv.reference import conv3d_vjp_reference
+
+    x = RNG.standard_normal((1, 3, 4, 5, 4))
+    w = RNG.standard_normal((2, 2, 3, 2, 6))
+    options = dict(stride=(1, 2, 1), padding=((1, 0), (0, 1), (1, 1)), lhs_dilation=(1, 1, 2), rhs_dilation=(2, 1, 1),
+                   groups=2)
+    dy = RNG.standard_normal(nbconv.conv3d(x, w, backend="cpu", **options).shape)
+    args = [cuda.to_device(a) for a in (x, w, dy)] if on_device else [x, w, dy]
+    dx, dw, dbias = nbconv.conv3d_vjp(*args, backend="cuda", **options)
+    assert all(is_device_array(a) == on_device for a in (dx, dw, dbias))
+    if on_device:
+        dx, dw, dbias = (a.copy_to_host() for a in (dx, dw, dbias))
+    want_dx, want_dw = conv3d_vjp_reference(x, w, dy, **options)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dbias, dy.sum(axis=(0, 1, 2, 3)), rtol=1e-12)

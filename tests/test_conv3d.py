@@ -247,7 +247,7 @@ def test_blocked_input_phases_where_k_divides_the_group_inputs(dtype, groups, ci
 @pytest.mark.parametrize("dtype, cin, cout, options", [
     ("float32", 32, 3, {"padding": "SAME"}), ("float32", 64, 1, {"padding": 1, "lhs_dilation": 2}),
     ("float32", 8, 2, {"stride": (1, 2, 3), "padding": "SAME"}), ("float64", 8, 1, {"rhs_dilation": 2, "padding": 2})])
-def test_few_output_channels_run_blocked_as_input_phases(dtype, cin, cout, options):
+def test_blocked_few_output_channels_as_input_phases(dtype, cin, cout, options):
     """A layer to fewer than 4 channels (groups = 1; an input gradient of an RGB or single-channel
     layer) runs on the blocked kernel, its vectors K input phases of the one group, not on the loop
     nest: where K = Cin_g / 2**j fits Cout * K <= LANES (all of them on AVX2 and AVX-512)."""

@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbconv
+from nbconv.cpu import weight_grad
+from nbconv.geometry import conv_geometry
 from nbconv.reference import conv3d_vjp_reference
 from tests.support import SIMULATED
 from tests.test_against_brainstate import _parameters
@@ -91,26 +93,50 @@ WEIGHT_GRADIENT_CASES = [
 ]
 
 
+def _weight_gradient_problem(x_shape, w_shape, options, dtype):
+    """(options with every key, geometry, x, w, dy) of a random convolution."""
+    options = {"stride": 1, "lhs_dilation": 1, "rhs_dilation": 1, "groups": 1, "channel_first": False, **options}
+    rng = np.random.default_rng(x_shape[-1])
+    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    return options, conv_geometry(x_shape, w_shape, **options), x, w, _cotangent(x, w, options)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("x_shape, w_shape, options", WEIGHT_GRADIENT_CASES)
 def test_weight_gradient_kernel_matches_the_reference(x_shape, w_shape, options, dtype):
     """dw on the weight-gradient kernel (asserted to be the one used) against the reference; a NaN in x
     reaches exactly the weights whose products read it."""
-    from nbconv.cpu import weight_grad
-    from nbconv.geometry import conv_geometry
-
-    options = {"stride": 1, "lhs_dilation": 1, "rhs_dilation": 1, "groups": 1, "channel_first": False, **options}
-    geometry = conv_geometry(x_shape, w_shape, **options)
+    options, geometry, x, w, dy = _weight_gradient_problem(x_shape, w_shape, options, dtype)
     assert weight_grad.usable(geometry, np.dtype(dtype))
-    rng = np.random.default_rng(x_shape[-1])
-    x, w = rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
-    dy = _cotangent(x, w, options)
     dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
     want = conv3d_vjp_reference(x, w, dy, **options)[1]
     assert np.all(np.abs(dw - want) <= _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)[1])
     x[0, 1, 2, 3, 0] = np.nan
     nan_dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
     np.testing.assert_array_equal(np.isnan(nan_dw), np.isnan(conv3d_vjp_reference(x, w, dy, **options)[1]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("x_shape, w_shape, options", [
+    ((2, 3, 4, 9, 3), (3, 2, 3, 3, 20), dict(padding="SAME")),
+    ((1, 4, 5, 13, 1), (3, 3, 3, 1, 16), dict(stride=(2, 1, 2), padding=((1, 0), (0, 1), (2, -1))))])
+def test_weight_gradient_of_few_input_channels_folds_w_taps(x_shape, w_shape, options, dtype):
+    """An RGB or single-channel layer's dw takes folded rows (pixels kw * Cin + i, W zero-padded); an Inf
+    in dy where the zero padding meets it takes transposed rows instead, so that no 0 * Inf is formed
+    that JAX does not form: JAX's values (float64) and JAX's NaN both ways."""
+    options, geometry, x, w, dy = _weight_gradient_problem(x_shape, w_shape, options, dtype)
+    assert weight_grad._foldable(geometry, np.dtype(dtype))
+    bound = 2 * _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)[1]
+    for edge in (False, True):
+        if edge:
+            dy[0, 1, 1, 0, 0] = np.inf  # ow = 0: a W tap on the padding
+            assert not weight_grad._finite_at_w_edges(dy, geometry)
+        dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
+        want = lax_vjp(x, w, dy, **options)[1]
+        finite = np.isfinite(want)
+        np.testing.assert_array_equal(np.isnan(dw), np.isnan(want))
+        np.testing.assert_array_equal(dw[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+        assert np.all(np.abs(dw[finite] - want[finite]) <= bound[finite])
 
 
 JAX_CASES = [

@@ -46,6 +46,7 @@ def families(target):
         if lanes > 2:
             yield dtype, min(2, target.max_vectors), 2, lanes // 2, 4
         yield dtype, 1, lanes, 1, 2 * lanes  # one output channel in LANES input phases (groups = 1)
+        yield dtype, min(2, target.max_vectors), 1, 1, 3  # K = 1 stepping 3 elements (weight_grad's folded rows)
         yield dtype, 1, lanes, 1, 1
         yield dtype, target.whole_vectors, lanes, 1, 1
 
@@ -144,10 +145,10 @@ CONFORMANCE = [
     ("float64", 1, 4, 1, {"lhs_dilation": (1, 1, 2), "padding": 1}),
 ]
 # dw through the weight-gradient kernel (nbconv.cpu.weight_grad): (dtype, Cin, Cout, options) with 1, 2 and
-# 3 vectors, a partial block, W phases and classes; input channels along the same rows as above.
+# 3 vectors, a partial block, W phases and classes, folded rows (3 input channels); along the same rows.
 WEIGHT_GRADIENTS = [("float32", 13, 20, {"stride": (1, 1, 2), "padding": "SAME"}),
                     ("float32", 5, 70, {"lhs_dilation": (1, 1, 2), "padding": 1}),
-                    ("float64", 7, 9, {"padding": "SAME"})]
+                    ("float64", 7, 9, {"padding": "SAME"}), ("float32", 3, 16, {"padding": "SAME", "stride": 2})]
 
 
 def conformance():

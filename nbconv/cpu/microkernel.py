@@ -13,7 +13,8 @@ zeros. Lane l of vector v computes
                           * w[w_base + taps[t, 1] + i * V * LANES + v * LANES + l]
 
 K input values are spread over the lanes: K = 1 broadcasts one input to every output channel (dense
-and grouped convolutions; the V vectors share their inputs, S = 1). With K > 1 lane l = c * K + j
+and grouped convolutions; the V vectors share their inputs, S = D: 1, or the weight gradient's step
+along a row of positions, `weight_grad`). With K > 1 lane l = c * K + j
 serves output channel c of slot j, G channels per slot. Slots are groups (D = 1 in `phased`, taken
 as K: small groups; depthwise with K = LANES, where x is read as whole vectors): each vector has its
 own K groups, the V * K inputs of one reduction step side by side in x (S = V * K; `group_inputs`
@@ -68,7 +69,7 @@ def lanes(dtype):
 def _fma_tile_python(vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
     """fma_tile's arithmetic in NumPy (NUMBA_DISABLE_JIT=1): the formula of this module's docstring."""
     n_vec, k, g, d = len(vectors), len(spread), len(group), len(phased)
-    width, phased = lanes(x.dtype), d > 1
+    width, phased = lanes(x.dtype), d > 1 and k > 1
     pixels = max(n for n in TARGET.pixel_counts(n_vec, _whole(width, k, phased)) if n <= remaining)
     (x_base, x_step), (w_base, bias_base), (y_base, y_step, channels, _) = x_at, w_at, y_at
     step, apart = _input_steps(n_vec, k, d)
@@ -153,10 +154,10 @@ def _stored(width, spread, group, phased):
 
 def _input_steps(n_vec, spread, phases):
     """(S, distance): how far x advances per reduction element, and from one vector's inputs to the
-    next's: K = 1 broadcasts (1, 0); K input phases of a group of D inputs (K, D); K groups per
+    next's: K = 1 broadcasts (D, 0); K input phases of a group of D inputs (K, D); K groups per
     vector, side by side (V * K, K)."""
     if spread == 1:
-        return 1, 0
+        return phases, 0
     return (spread, phases) if phases > 1 else (n_vec * spread, spread)
 
 
@@ -175,8 +176,8 @@ class _Emitter:
         self.target, self.blocking = target, target.blocking
         self.spread = spread
         self.group = group
-        self.phases = distance  # D: the group's input channels with input phases, else 1
-        self.phased = distance > 1
+        self.phases = distance  # D: the group's input channels with input phases, K = 1's step, else 1
+        self.phased = distance > 1 and spread > 1
         self.width = target.lanes(dtype)
         self.align = np.dtype(str(dtype)).itemsize
         self.vec = ir.VectorType(_ELEMENTS[self.align], self.width)

@@ -51,7 +51,7 @@ def claim(counter, done, n_tasks, workers):
     ended at `done` (the slice's first task at first): a share of what it saw left, split among
     twice the workers, at least one task. first >= n_tasks when none are left."""
     size = max(1, (n_tasks - done) // (2 * workers))
-    first = _fetch_add(counter, size)
+    first = fetch_add(counter, size)
     return first, min(first + size, n_tasks)
 
 
@@ -63,7 +63,7 @@ def _fetch_add_python(counter, amount):
 
 @nojit.python_twin(_fetch_add_python)
 @intrinsic
-def _fetch_add(typingctx, counter, amount):
+def fetch_add(typingctx, counter, amount):
     """counter[0] += amount atomically; -> the value before."""
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])

@@ -8,8 +8,9 @@ broadcasting P values of x and loading V vectors of dy: the forward's register b
 forward's bodies (`microkernel`, K = 1). (Run as a forward convolution of x by dy instead, the same
 work had 1-3 reduction steps per tap and a 3-pixel output row: 3.8x the forward's time on dense_c64.)
 So that the P input channels of a position are one stride apart and a row's positions are
-consecutive, x is transposed to rows of (phase, Cin, W / phases) per (n, d, h), and dy is packed into
-blocks of V vectors, (group, block, n, od, oh, class, position, V * LANES).
+consecutive, x is transposed to rows of (phase, Cin, W / phases) per (n, d, h) (a group of fewer input
+channels than the largest tile padded with zero channels to the next tile's size), and dy is packed
+into blocks of V vectors, (group, block, n, od, oh, class, position, V * LANES).
 
 Along W, a row's output positions ow fall into Q = l / gcd(s, l) classes (s the stride, l the input
 dilation, as in the forward's `blocked._band`): within a class, consecutive positions through one tap
@@ -17,10 +18,13 @@ read inputs P = s / gcd(s, l) apart, or none (the tap falls on inserted zeros). 
 into P phases (w = j * P + phase) and dy's positions into Q classes (ow = m * Q + class), so that a tap
 reads consecutive elements of both: a tap list entry is (x offset, dy offset, count) per row and class.
 
-A task is one (group, block, kd, kh) and a run of input channels; it owns those entries of dw, so
-tasks need no locks. It sums plane by plane (n, od): each plane's x and dy rows (a few hundred KiB)
-stay in L2 while every kw and every tile of input channels reads them, and each tile's plane sum is
-added into dw.
+A task is (n, a run of planes od, group, block, kd): every kh, kw and tile of input channels of those
+planes, so that dy, the largest operand of a layer with few input channels (video_c3's 33 MB), is read
+from memory once, not once per tap (tasks of (group, block, kd, kh) over every plane read it 9 times
+and ran 1.4-1.7x slower there). Each thread sums into a dw of its own, added up at the end. While a
+run's dy rows (a few tens of KiB) stay in L2, every tile of input channels reads them, each tile goes
+through every kw while its x rows are in L1 (f64 dense_c64 ran 1.2x faster than kw by kw), and each
+tile's sum is added into the thread's dw.
 """
 from functools import lru_cache
 from math import gcd
@@ -28,14 +32,18 @@ from math import gcd
 import numpy as np
 from numba import carray, get_num_threads, njit, prange
 
+from nbconv import buffers
 from nbconv.config import CACHE
 from nbconv.cpu import blocked, launch, parallel
 from nbconv.cpu.microkernel import CACHED, TARGET, fma_tile, lanes
-from nbconv.cpu.tasks import claim
+from nbconv.cpu.tasks import claim, fetch_add
 
-# Tasks per thread to aim for when a layer has few (group, block, kd, kh) (a 1x1x1 kernel): its input
-# channels are then split into runs, so that the threads finish close together.
+# Tasks per thread to aim for: a layer with few planes takes shorter runs of them, so that the threads
+# finish close together.
 TASKS_PER_THREAD = 4
+# Positions summed per micro-kernel call, at least (whole planes (n, od) of them): small planes are
+# taken a few at a time, so that the call's setup and its sum into dw weigh less (grouped_g8's 16 x 16).
+PLANE_POSITIONS = 1024
 # The most pixels of any micro-kernel body: a tile's plane sums are stored in a scratch of this many rows.
 _MOST_PIXELS = max(max(counts) for counts in TARGET.blocking.pixels.values())
 
@@ -49,33 +57,70 @@ def usable(geometry, dtype):
 def weight_gradient(x, dy, geometry):
     """dw (KD, KH, KW, Cin / groups, Cout) of the convolution `geometry` of x (N, D, H, W, Cin) with the
     cotangent dy (N, OD, OH, OW, Cout); both channels-last, C-contiguous, of one float dtype."""
-    entry, workers, meta, w_table, (phases, row_length, classes, positions) = _launch_args(
-        geometry, x.dtype, get_num_threads())
+    folded = _foldable(geometry, x.dtype) and _finite_at_w_edges(dy, geometry)
+    entry, workers, meta, w_table, layout = _launch_args(geometry, x.dtype, get_num_threads(), folded)
     n, d, h, w, cin = x.shape
-    rows = _transposed(x.reshape(n * d * h, w, cin), phases, row_length)
-    packed = _packed(dy, geometry, blocked._blocking(geometry, x.dtype), classes, positions)
-    dw = np.zeros((*geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
+    rows = x.reshape(n * d * h, w, cin)
+    rows = _padded_rows(rows, geometry, meta[5]) if folded else _transposed(rows, geometry.groups, *layout[:3])
+    packed = _packed(dy, geometry, blocked._blocking(geometry, x.dtype), *layout[3:])
+    sums = np.zeros((workers, *geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
     idx_d, idx_h, _ = geometry.tap_tables()
-    arrays = (rows, packed, np.zeros(meta[12], x.dtype), dw, idx_d, idx_h, w_table,
-              np.zeros(3, np.int64), meta)
+    arrays = (rows, packed, np.zeros(meta[13], x.dtype), sums, idx_d, idx_h, w_table, np.zeros(4, np.int64), meta)
     launch.run_tasks(entry, workers, arrays, meta[0], geometry.flops)
-    return dw
+    return sums[0] if workers == 1 else sums.sum(axis=0)
 
 
-def _transposed(x, phases, row_length):
-    """x (rows, W, Cin) -> (rows, phases, Cin, row_length): element w of channel i at [w % phases, i,
-    w // phases] (the ends of rows of other phases are never read)."""
-    out = np.empty((x.shape[0], phases, x.shape[2], row_length), x.dtype)
-    _transpose(x, phases, out)
+def _foldable(geometry, dtype):
+    """Whether dw takes folded rows: one group of fewer input channels than the largest tile (an RGB or
+    single-channel layer: 1-3 tiles' pixels with transposed rows), plain along W (no W dilation)."""
+    vectors = blocked._blocking(geometry, np.dtype(dtype)).vectors
+    return (geometry.groups == 1 and geometry.kernel[2] > 1 and geometry.lhs_dilation[2] == 1
+            and geometry.rhs_dilation[2] == 1 and geometry.in_channels < TARGET.pixel_counts(vectors)[0])
+
+
+def _finite_at_w_edges(dy, geometry):
+    """Whether dy is finite where folded rows would multiply it by their zero padding (the positions
+    with a W tap on padding): there 0 * dy is 0 and the sums are exact; an Inf or NaN would make NaN
+    where JAX forms no product, so such a dy takes transposed rows."""
+    edges = np.flatnonzero((geometry.tap_index(2) < 0).any(axis=1))
+    return bool(np.isfinite(dy[:, :, :, edges]).all())
+
+
+def _padded_rows(x, geometry, x_row):
+    """x (rows, W, Cin) -> (rows, x_row / Cin, Cin), position j holding x[row, j - lo] (zeros outside x):
+    every position a W tap of the output reads."""
+    out = buffers.empty((x.shape[0], x_row // x.shape[2], x.shape[2]), x.dtype)
+    _pad(x, geometry.pads[2][0], out)
     return out
 
 
 @parallel.kernel(cache=CACHE)
-def _transpose(x, phases, out):
+def _pad(x, lo, out):
+    for row in prange(x.shape[0]):
+        for j in range(out.shape[1]):
+            for i in range(x.shape[2]):
+                out[row, j, i] = x[row, j - lo, i] if 0 <= j - lo < x.shape[1] else 0
+
+
+def _transposed(x, groups, rows_g, phases, row_length):
+    """x (rows, W, Cin) -> (rows, phases, groups * rows_g, row_length): element w of channel i of group
+    g at [w % phases, g * rows_g + i, w // phases]; channels rows_g > Cin / groups are zeros (the ends of
+    rows of other phases are never read)."""
+    out = buffers.empty((x.shape[0], phases, groups * rows_g, row_length), x.dtype)
+    _transpose(x, groups, rows_g, phases, out)
+    return out
+
+
+@parallel.kernel(cache=CACHE)
+def _transpose(x, groups, rows_g, phases, out):
+    cin_g = x.shape[2] // groups
     for row in prange(x.shape[0]):
         for w in range(x.shape[1]):
-            for i in range(x.shape[2]):
-                out[row, w % phases, i, w // phases] = x[row, w, i]
+            for g in range(groups):
+                for i in range(cin_g):
+                    out[row, w % phases, g * rows_g + i, w // phases] = x[row, w, g * cin_g + i]
+                for i in range(cin_g, rows_g):
+                    out[row, w % phases, g * rows_g + i, w // phases] = 0
 
 
 def _packed(dy, geometry, blocking, classes, positions):
@@ -88,7 +133,7 @@ def _packed(dy, geometry, blocking, classes, positions):
     if groups == 1 and blocking.blocks == 1 and classes == 1 and cout == width:
         return dy
     n, od, oh, ow, _ = dy.shape
-    out = np.empty((groups, blocking.blocks, n * od * oh, classes, positions, width), dy.dtype)
+    out = buffers.empty((groups, blocking.blocks, n * od * oh, classes, positions, width), dy.dtype)
     _pack(dy.reshape(n * od * oh, ow, cout), cout // groups, out)
     return out
 
@@ -109,33 +154,44 @@ def _pack(dy, cout_g, out):
 
 
 @lru_cache(maxsize=64)
-def _launch_args(geometry, dtype, threads):
+def _launch_args(geometry, dtype, threads, folded):
     """The family's entry address, the threads to run it on, `_work`'s meta (read-only), the W tap
-    table and the layout sizes (phases, row length, classes, positions per class), from the geometry."""
+    table and the layout's sizes: (a group's rows, phases, row length, classes, positions per class)."""
     dtype = np.dtype(dtype)
     blocking = blocked._blocking(geometry, dtype)
     n, od, oh, ow, cout = geometry.out_shape
     d, h, w = geometry.in_spatial
     kd, kh, kw = geometry.kernel
-    stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
-    classes, phases = lhs // gcd(stride, lhs), stride // gcd(stride, lhs)
-    row_length, positions = -(-w // phases), -(-ow // classes)
     groups, cin = geometry.groups, geometry.in_channels
     cin_g, width = cin // groups, blocking.vectors * lanes(dtype)
-    w_table = _w_table(geometry.tap_index(2), classes, phases, cin * row_length, positions, width)
-    # Input channels per task: whole tiles of the largest body, fewer where there are few tasks.
-    tile = TARGET.pixel_counts(blocking.vectors)[0]
-    base = groups * blocking.blocks * kd * kh
-    runs = max(1, min(-(-cin_g // tile), -(-TASKS_PER_THREAD * threads // base)))
-    per_task = -(-cin_g // runs // tile) * tile
-    runs = -(-cin_g // per_task)
-    n_tasks = base * runs
+    counts = TARGET.pixel_counts(blocking.vectors)
+    if folded:  # pixels j = kw * Cin + i one element apart, the reduction stride * Cin: all of W's taps at once
+        step, pixels, taps_w = geometry.stride[2] * cin, kw * cin, 1
+        x_row, row_length = ((ow - 1) * geometry.stride[2] + kw) * cin, 1
+        w_table = np.array([[[0, 0, ow]]], np.int64)
+        layout = (pixels, 1, 1, 1, ow)
+    else:
+        stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
+        classes, phases = lhs // gcd(stride, lhs), stride // gcd(stride, lhs)
+        row_length, positions = -(-w // phases), -(-ow // classes)
+        # A group with fewer input channels than the largest body's pixels gets zero channels up to the
+        # next body's (their sums are dropped): 5 channels are one 6-pixel tile, not 4 + 1.
+        rows_g = cin_g if cin_g >= counts[0] else min(c for c in counts if c >= cin_g)
+        step, pixels, taps_w, x_row = 1, rows_g, kw, phases * groups * rows_g * row_length
+        w_table = _w_table(geometry.tap_index(2), classes, phases, groups * rows_g * row_length, positions, width)
+        layout = (rows_g, phases, row_length, classes, positions)
+    # A task is (n, a run of planes, group, block, kd), the runs as long as make PLANE_POSITIONS positions
+    # but short enough for TASKS_PER_THREAD tasks per thread where the layer has few.
+    base = n * groups * blocking.blocks * kd
+    planes = max(1, min(-(-PLANE_POSITIONS // (oh * ow)), od * base // (TASKS_PER_THREAD * threads)))
+    plane_runs = -(-od // planes)
+    n_tasks = base * plane_runs
     workers = min(threads, n_tasks)
-    meta = np.array((n_tasks, workers, n, d, h, phases, cin, row_length, od, oh, classes, positions, width, kd,
-                     kh, kw, groups, blocking.blocks, cin_g, cout // groups, cout, per_task, runs), np.int64)
+    meta = np.array((n_tasks, workers, n, d, h, x_row, n * d * h * x_row, row_length, pixels, od, oh, w_table.shape[1],
+                     layout[4], width, kd, kh, taps_w, groups, blocking.blocks, cin_g if not folded else pixels,
+                     cout // groups, cout, plane_runs, planes), np.int64)
     meta.flags.writeable = False
-    layout = (phases, row_length, classes, positions)
-    return launch.address(_entry(blocking.shape[0], dtype)), workers, meta, w_table, layout
+    return launch.address(_entry(blocking.shape[0], step, dtype)), workers, meta, w_table, layout
 
 
 def _w_table(idx_w, classes, phases, phase_length, positions, width):
@@ -154,104 +210,108 @@ def _w_table(idx_w, classes, phases, phase_length, positions, width):
     return table
 
 
-def _entry(vectors, dtype):
-    """The compiled entry point of one family (V vectors, as a tuple of zeros, and a dtype), as
-    `blocked._entry`; compiled (or loaded) once per process."""
-    if (vectors, dtype) in ENTRIES:
-        return ENTRIES[vectors, dtype]
-    digest = launch.LINKED_SOURCES
+def _entry(vectors, step, dtype):
+    """The compiled entry point of one family (V vectors as a tuple of zeros, the reduction's step in
+    x, a dtype), as `blocked._entry`; compiled (or loaded) once per process."""
+    if (vectors, step, dtype) in ENTRIES:
+        return ENTRIES[vectors, step, dtype]
+    digest, steps = launch.LINKED_SOURCES, (0,) * step  # (K = 1's D: `microkernel._input_steps`)
 
     def entry(x, dy, zeros, dw, idx_d, idx_h, w_table, counter, meta):
         digest  # noqa: B018 (a cell of the closure, which Numba's cache keys by)
-        _work(x, dy, zeros, dw, idx_d, idx_h, w_table, counter, meta, vectors)
-    ENTRIES[vectors, dtype] = launch.entry_point(entry, dtype)
-    return ENTRIES[vectors, dtype]
+        _work(x, dy, zeros, dw, idx_d, idx_h, w_table, counter, meta, vectors, steps)
+    ENTRIES[vectors, step, dtype] = launch.entry_point(entry, dtype)
+    return ENTRIES[vectors, step, dtype]
 
 
-# (V as a tuple of zeros, dtype) -> compiled entry (`_entry`)
+# (V as a tuple of zeros, step, dtype) -> compiled entry (`_entry`)
 ENTRIES = {}
-_META = 23
+_META = 24
 
 
 @njit(inline="always")
-def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr, vectors):
-    """One thread's share: runs of tasks claimed from counter[0] until the slice's end, on flat views
+def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr, vectors, steps):
+    """One thread's share: runs of tasks claimed from counter[0] until the slice's end, summed into
+    this thread's own dw (the thread's number: counter[3], counted up as threads enter), on flat views
     of the arrays made once (see `blocked._work`)."""
     meta = carray(meta_ptr, (_META,))
-    n_tasks, workers, n, d, h, phases, cin, row_length, od, oh, classes, positions, width = meta[:13]
-    kd, kh, kw, groups, blocks, cin_g, cout_g, cout, per_task, runs = meta[13:]
-    x = carray(x_ptr, (n * d * h * phases * cin * row_length,))
+    n_tasks, workers, n, d, h, x_row, x_size, row_length, rows_g, od, oh, classes, positions, width = meta[:14]
+    kd, kh, kw, groups, blocks, cin_g, cout_g, cout, plane_runs, planes = meta[14:]
+    counter = carray(counter_ptr, (4,))
+    worker = fetch_add(counter[3:], np.int64(1)) % workers
+    x = carray(x_ptr, (x_size,))
     dy = carray(dy_ptr, (groups * blocks * n * od * oh * classes * positions * width,))
-    dw = carray(dw_ptr, (kd * kh * kw * cin_g * cout,))
+    size = kd * kh * kw * cin_g * cout
+    dw = carray(dw_ptr, (workers * size,))[worker * size:(worker + 1) * size]
     tables = (carray(d_ptr, (od, kd)), carray(h_ptr, (oh, kh)), carray(w_ptr, (kw, classes, 3)))
     zeros = carray(zeros_ptr, (width,))  # the bias the micro-kernel adds
     scratch = np.empty(_MOST_PIXELS * width, x.dtype)
-    taps, counts = np.empty((kw, oh * classes, 3), np.int64), np.empty(kw, np.int64)
-    sizes = (n, od, oh, d, h, phases * cin * row_length, classes * positions * width, row_length, width,
-             blocks, cin_g, cout_g, cout, kh, kw)
-    counter = carray(counter_ptr, (3,))
+    taps, counts = np.empty((kw, planes * oh * classes, 3), np.int64), np.empty(kw, np.int64)
+    sizes = (n, od, oh, d, h, x_row, classes * positions * width, row_length, width, blocks, (cin_g, rows_g),
+             cout_g, cout, kh, kw)
     start, end = counter[1], counter[2]
     first, last = claim(counter, start, end, workers)
     while first < end:
         for task in range(first, last):
-            run, rest = task % runs, task // runs
-            place = (rest // (blocks * kd * kh), rest // (kd * kh) % blocks, rest // kh % kd, rest % kh)
-            channels = (run * per_task, min(cin_g, (run + 1) * per_task))
-            _task(x, dy, zeros, scratch, dw, tables, (taps, counts), sizes, place, channels, vectors)
+            # (n, a run of planes, group, block, kd): consecutive tasks share their dy rows
+            i_kd, rest = task % kd, task // kd
+            i_b, rest = rest % blocks, rest // blocks
+            g, rest = rest % groups, rest // groups
+            i_n, run = rest // plane_runs, rest % plane_runs
+            first_plane = run * planes
+            for i_kh in range(kh):
+                _tap_lists(taps, counts, tables, sizes, (g, i_b, i_kd, i_kh), i_n,
+                           (first_plane, min(od, first_plane + planes)))
+                _tiles(x, dy, zeros, scratch, dw, (taps, counts), sizes, (g, i_b, i_kd, i_kh), vectors, steps)
         first, last = claim(counter, last, end, workers)
 
 
 @njit(inline="always")
-def _task(x, dy, zeros, scratch, dw, tables, tap_lists, sizes, place, channels, vectors):
-    """dw for the taps (kd, kh, every kw) of group g, block b, input channels channels[0]...[1] - 1:
-    plane by plane (n, od), a tap list per kw, micro-kernel tiles of input channels."""
-    n, od, oh, d, h, x_row, dy_row, row_length, width, blocks, cin_g, cout_g, cout, kh, kw = sizes
+def _tiles(x, dy, zeros, scratch, dw, tap_lists, sizes, place, vectors, steps):
+    """Add to dw the sums over the tap lists of (kd, kh, every kw) of group g, block b: micro-kernel
+    tiles of the group's input channels (pixels), each through every kw while its x rows are in L1."""
+    n, od, oh, d, h, x_row, dy_row, row_length, width, blocks, (cin_g, rows_g), cout_g, cout, kh, kw = sizes
     g, b, i_kd, i_kh = place
-    idx_d, (taps, counts) = tables[0], tap_lists
+    taps, counts = tap_lists
     stored = min(width, cout_g - b * width)
-    for i_n in range(n):
-        for i_od in range(od):
-            i_d = idx_d[i_od, i_kd]
-            if i_d < 0:
+    i = 0
+    while i < rows_g:
+        pixels = 0
+        for i_kw in range(kw):
+            if counts[i_kw] == 0:
                 continue
-            _tap_lists(taps, counts, tables, sizes, place, i_n, i_od, i_d)
-            i = channels[0]
-            while i < channels[1]:  # a tile of input channels through every kw, while its rows are in L1
-                pixels = 0
-                for i_kw in range(kw):
-                    if counts[i_kw] == 0:
-                        continue
-                    pixels = fma_tile(vectors, (0,), (0,), (0,), channels[1] - i, x,
-                                      ((g * cin_g + i) * row_length, row_length), taps[i_kw], counts[i_kw], dy, (0, 0),
-                                      zeros, scratch, (0, width, width, CACHED))
-                    out = (((i_kd * kh + i_kh) * kw + i_kw) * cin_g + i) * cout + g * cout_g + b * width
-                    for p in range(pixels):
-                        for j in range(stored):
-                            dw[out + p * cout + j] += scratch[p * width + j]
-                if pixels == 0:  # no kw reads this plane
-                    break
-                i += pixels
+            pixels = fma_tile(vectors, (0,), (0,), steps, rows_g - i, x, ((g * rows_g + i) * row_length, row_length),
+                              taps[i_kw], counts[i_kw], dy, (0, 0), zeros, scratch, (0, width, width, CACHED))
+            out = (((i_kd * kh + i_kh) * kw + i_kw) * cin_g + i) * cout + g * cout_g + b * width
+            for p in range(min(pixels, cin_g - i)):  # (not the zero channels')
+                for j in range(stored):
+                    dw[out + p * cout + j] += scratch[p * width + j]
+        if pixels == 0:  # no kw reads these planes
+            return
+        i += pixels
 
 
 @njit(inline="always")
-def _tap_lists(taps, counts, tables, sizes, place, i_n, i_od, i_d):
-    """taps[kw, :counts[kw]] = (x offset, dy offset, count) of the rows and classes of plane (n, od)
-    through (kd, kh, kw), for every kw."""
-    n, od, oh, d, h, x_row, dy_row, row_length, width, blocks, cin_g, cout_g, cout, kh, kw = sizes
+def _tap_lists(taps, counts, tables, sizes, place, i_n, planes):
+    """taps[kw, :counts[kw]] = (x offset, dy offset, count) of the rows and classes of the planes (n, od),
+    od in range(*planes), through (kd, kh, kw), for every kw."""
+    n, od, oh, d, h, x_row, dy_row, row_length, width, blocks, _, cout_g, cout, kh, kw = sizes
     g, b, i_kd, i_kh = place
-    idx_h, w_table = tables[1], tables[2]
+    idx_d, idx_h, w_table = tables
     counts[:] = 0
-    for i_kw in range(kw):
+    for i_od in range(planes[0], planes[1]):
+        i_d = idx_d[i_od, i_kd]
         for i_oh in range(oh):
             i_h = idx_h[i_oh, i_kh]
-            if i_h < 0:
+            if i_d < 0 or i_h < 0:
                 continue
             x_at = ((i_n * d + i_d) * h + i_h) * x_row
             dy_at = ((((g * blocks + b) * n + i_n) * od + i_od) * oh + i_oh) * dy_row
-            for c in range(w_table.shape[1]):
-                if w_table[i_kw, c, 2] > 0:
-                    count = counts[i_kw]
-                    taps[i_kw, count, 0] = x_at + w_table[i_kw, c, 0]
-                    taps[i_kw, count, 1] = dy_at + w_table[i_kw, c, 1]
-                    taps[i_kw, count, 2] = w_table[i_kw, c, 2]
-                    counts[i_kw] = count + 1
+            for i_kw in range(kw):
+                for c in range(w_table.shape[1]):
+                    if w_table[i_kw, c, 2] > 0:
+                        count = counts[i_kw]
+                        taps[i_kw, count, 0] = x_at + w_table[i_kw, c, 0]
+                        taps[i_kw, count, 1] = dy_at + w_table[i_kw, c, 1]
+                        taps[i_kw, count, 2] = w_table[i_kw, c, 2]
+                        counts[i_kw] = count + 1
