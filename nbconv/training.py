@@ -51,11 +51,11 @@ def main(argv):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 3))
+        fig, ax = plt.subplots(figsize=(6, 3))
         ax.plot(losses)
         ax.set_xlabel("SGD step")
         ax.set_ylabel("loss")
-        ax.set_title("ScaledWSConv3d - tanh - ScaledWSConv3d, NumPy + nbconv")
+        ax.set_title("ScaledWSConv3d, tanh, ScaledWSConv3d: SGD in NumPy", fontsize=10)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=100)
     return 0

@@ -11,7 +11,7 @@ each case in a child process, since each touches process-wide state: the threadi
   sent from inside the first slice's launch, so no timing is involved (the note and README give
   the latency measured on a long call).
 - NUMBA_DISABLE_JIT=1: conv3d and the layers still compute the right results, in Python, on both
-  kernels.
+  kernels, and so does the weight gradient's.
 """
 import os
 import subprocess
@@ -139,6 +139,12 @@ nbconv.config.CPU_KERNEL = {kernel!r}
 layer = nbconv.ScaledWSConv3d((3, 5, 7, 8), 8, 3, groups=4)
 x = CASES[0][0]
 right = np.allclose(layer(x), conv3d_reference(x, layer.kernel(), groups=4), rtol=1e-4, atol=1e-4)
+# the weight gradient's kernel (nbconv.cpu.weight_grad), transposed and folded rows
+from nbconv.reference import conv3d_vjp_reference
+for x, w, _ in CASES[1:]:
+    dy = rng.standard_normal(nbconv.conv3d(x, w).shape).astype("f4")
+    right &= np.allclose(nbconv.conv3d_vjp(x, w, dy, wrt="w")[1], conv3d_vjp_reference(x, w, dy)[1], rtol=1e-4,
+                         atol=1e-4)
 print("disabled jit", all_right() and right)
 """, NUMBA_DISABLE_JIT="1")
     assert "disabled jit True" in out, out
