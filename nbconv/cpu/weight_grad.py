@@ -193,7 +193,7 @@ def _launch_args(geometry, dtype, threads, folded):
     meta = np.array((n_tasks, workers, n, d, h, x_row, n * d * h * x_row, row_length, pixels, od, oh, w_table.shape[1],
                      layout[4], width, kd, kh, taps_w, groups, blocking.blocks, cin_g if not folded else pixels,
                      cout // groups, cout, plane_runs, planes), np.int64)
-    meta.flags.writeable = False
+    meta.flags.writeable = w_table.flags.writeable = False  # (both read-only, as the forward's: one launch.run)
     return launch.address(_entry(blocking.shape[0], step, dtype)), workers, meta, w_table, layout
 
 
@@ -209,7 +209,6 @@ def _w_table(idx_w, classes, phases, phase_length, positions, width):
                 first = idx_w[c + classes * valid[0], k]
                 table[k, c] = (first % phases * phase_length + first // phases,
                                (c * positions + valid[0]) * width, valid.size)
-    table.flags.writeable = False
     return table
 
 
