@@ -18,6 +18,13 @@ read inputs P = s / gcd(s, l) apart, or none (the tap falls on inserted zeros). 
 into P phases (w = j * P + phase) and dy's positions into Q classes (ow = m * Q + class), so that a tap
 reads consecutive elements of both: a tap list entry is (x offset, dy offset, count) per row and class.
 
+With 1-3 input channels (one group, no W dilation) that gives 1-3 pixels, so the W taps join them
+instead ("folded rows"): pixel j = kw * Cin + i of a channels-last row zero-padded to every position a
+W tap reads, one element apart, the reduction stepping stride * Cin (K = 1's step D, a constant of the
+family); one tap entry per row, all of W at once (video_c3: 9 pixels instead of 3). The zero padding
+forms 0 * dy, an exact 0 where dy is finite; where dy has an Inf or NaN at a position with a W tap on
+the padding, transposed rows are taken instead, so that no NaN appears where JAX forms no product.
+
 A task is (n, a run of planes od, group, block, kd): every kh, kw and tile of input channels of those
 planes, so that dy, the largest operand of a layer with few input channels (video_c3's 33 MB), is read
 from memory once, not once per tap (tasks of (group, block, kd, kh) over every plane read it 9 times
