@@ -20,7 +20,7 @@ import numpy as np
 from nbconv.cpu import weight_grad
 from nbconv.dispatch import choose_backend, cuda_module, is_device_array
 from nbconv.dtypes import check_real, conv_dtypes
-from nbconv.functional import (_conv3d_cpu, _host_array, _validate, from_columns, standardization_args,
+from nbconv.functional import (_conv3d_cpu, _host_array, _on_host, _validate, from_columns, standardization_args,
                                to_caller_layout, to_columns, to_kernel_layout)
 from nbconv.geometry import dilated
 
@@ -37,12 +37,10 @@ def conv3d_vjp(x, w, dy, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilati
     between; device arrays in give device arrays out."""
     wanted = _wrt(wrt)
     backend = choose_backend(backend, x, w, dy, bias)
-    x, w, dy = _host_array(x, "x"), _host_array(w, "w"), _host_array(dy, "dy")
-    bias = _host_array(bias, "bias", optional=True)
     on_device = any(is_device_array(a) for a in (x, w, dy, bias))
-    if on_device:  # re-laid on the host (the transposes below), convolved on the device
-        x, w, dy, bias = (None if a is None else cuda_module().to_host(a) if is_device_array(a) else a
-                          for a in (x, w, dy, bias))
+    # Device arrays are re-laid on the host (the transposes below), then convolved on the device.
+    x, w, dy = _on_host(x, "x"), _on_host(w, "w"), _on_host(dy, "dy")
+    bias = _on_host(bias, "bias", optional=True)
     call = _validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
     check_real("dy", np.dtype(dy.dtype))
     if tuple(dy.shape) != call.result_shape:

@@ -58,7 +58,7 @@ _MOST_PIXELS = max(max(counts) for counts in TARGET.blocking.pixels.values())
 def usable(geometry, dtype):
     """Whether a group's output channels fill half a vector or more (K = 1: the micro-kernel's vectors are
     output channels of one group). Smaller groups (depthwise) would leave most lanes idle."""
-    return blocked.spread_for(geometry, dtype) == 1
+    return blocked._packing(geometry, dtype)[0].spread == 1
 
 
 def weight_gradient(x, dy, geometry):
@@ -69,7 +69,7 @@ def weight_gradient(x, dy, geometry):
     n, d, h, w, cin = x.shape
     rows = x.reshape(n * d * h, w, cin)
     rows = _padded_rows(rows, geometry, meta[5]) if folded else _transposed(rows, geometry.groups, *layout[:3])
-    packed = _packed(dy, geometry, blocked._blocking(geometry, x.dtype), *layout[3:])
+    packed = _packed(dy, geometry, blocked._packing(geometry, x.dtype)[0], *layout[3:])
     sums = np.zeros((workers, *geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
     idx_d, idx_h, _ = geometry.tap_tables()
     # The arrays as 5-D and 2-D views, like the forward's (`blocked.conv3d`), so that `launch.run` is
@@ -80,10 +80,11 @@ def weight_gradient(x, dy, geometry):
     return sums[0] if workers == 1 else sums.sum(axis=0)
 
 
+@lru_cache(maxsize=64)
 def _foldable(geometry, dtype):
     """Whether dw takes folded rows: one group of fewer input channels than the largest tile (an RGB or
     single-channel layer: 1-3 tiles' pixels with transposed rows), plain along W (no W dilation)."""
-    vectors = blocked._blocking(geometry, np.dtype(dtype)).vectors
+    vectors = blocked._packing(geometry, dtype)[0].vectors
     return (geometry.groups == 1 and geometry.kernel[2] > 1 and geometry.lhs_dilation[2] == 1
             and geometry.rhs_dilation[2] == 1 and geometry.in_channels < TARGET.pixel_counts(vectors)[0])
 
@@ -92,8 +93,15 @@ def _finite_at_w_edges(dy, geometry):
     """Whether dy is finite where folded rows would multiply it by their zero padding (the positions
     with a W tap on padding): there 0 * dy is 0 and the sums are exact; an Inf or NaN would make NaN
     where JAX forms no product, so such a dy takes transposed rows."""
-    edges = np.flatnonzero((geometry.tap_index(2) < 0).any(axis=1))
-    return bool(np.isfinite(dy[:, :, :, edges]).all())
+    return bool(np.isfinite(dy[:, :, :, _w_edges(geometry)]).all())
+
+
+@lru_cache(maxsize=64)
+def _w_edges(geometry):
+    """The output positions along W with a tap on padding."""
+    edges = np.flatnonzero((geometry.tap_tables()[2] < 0).any(axis=1))
+    edges.flags.writeable = False  # shared by every call with this geometry
+    return edges
 
 
 def _padded_rows(x, geometry, x_row):
@@ -168,7 +176,7 @@ def _launch_args(geometry, dtype, threads, folded):
     """The family's entry address, the threads to run it on, `_work`'s meta (read-only), the W tap
     table and the layout's sizes: (a group's rows, phases, row length, classes, positions per class)."""
     dtype = np.dtype(dtype)
-    blocking = blocked._blocking(geometry, dtype)
+    blocking = blocked._packing(geometry, dtype)[0]
     n, od, oh, ow, cout = geometry.out_shape
     d, h, w = geometry.in_spatial
     kd, kh, kw = geometry.kernel
@@ -188,7 +196,7 @@ def _launch_args(geometry, dtype, threads, folded):
         # next body's (their sums are dropped): 5 channels are one 6-pixel tile, not 4 + 1.
         rows_g = cin_g if cin_g >= counts[0] else min(c for c in counts if c >= cin_g)
         step, pixels, taps_w, x_row = 1, rows_g, kw, phases * groups * rows_g * row_length
-        w_table = _w_table(geometry.tap_index(2), classes, phases, groups * rows_g * row_length, positions, width)
+        w_table = _w_table(geometry.tap_tables()[2], classes, phases, groups * rows_g * row_length, positions, width)
         layout = (rows_g, phases, row_length, classes, positions)
     # A task is (n, a run of planes, group, block, kd), the runs as long as make PLANE_POSITIONS positions
     # but short enough for TASKS_PER_THREAD tasks per thread where the layer has few.
