@@ -1,5 +1,6 @@
 """Numba's on-disk cache and the compiled CPU kernels: an edit of a module whose code a cached kernel
-links in, not only of the file that defines it, compiles the kernel anew (`launch.LINKED_SOURCES`)."""
+links in, not only of the file that defines it, compiles the kernel anew (`launch.LINKED_SOURCES`,
+`microkernel._TARGET_SOURCE`)."""
 import os
 import shutil
 import subprocess
@@ -7,31 +8,39 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# One small convolution in a child process; prints where nbconv came from and how many of the kernel
-# family entries it ran were loaded from the cache.
+# One small convolution in a child process; prints where nbconv came from and whether each C function
+# it ran, the blocked kernel's entry and its family's micro-kernel loop, was loaded from the cache.
 _CHILD = """
 import numpy as np, nbconv
-from nbconv.cpu import blocked
-nbconv.conv3d(np.ones((1, 3, 4, 4, 8), np.float32), np.ones((3, 3, 3, 8, 8), np.float32))
-print(nbconv.__file__, sum(entry.cache_hits for entry in blocked.ENTRIES.values()))
+from nbconv.cpu import blocked, microkernel
+from nbconv.geometry import conv_geometry
+x, w, f32 = np.ones((1, 3, 4, 4, 8), np.float32), np.ones((3, 3, 3, 8, 8), np.float32), np.dtype(np.float32)
+nbconv.conv3d(x, w)
+geometry = conv_geometry(x.shape, w.shape, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
+                         channel_first=False)
+family = blocked._packing(geometry, f32)[0].shape
+print(nbconv.__file__, blocked._entry(f32).cache_hits, microkernel.compiled_lines(family, f32).cache_hits)
 """
 
 
 def _cache_hits(tree, cache):
+    """(entry loaded, family loaded) of `_CHILD` run on the nbconv in `tree`."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(tree)}
     result = subprocess.run([sys.executable, "-c", _CHILD], cwd=tree, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
-    origin, hits = result.stdout.split()
+    origin, *hits = result.stdout.split()
     assert Path(origin).is_relative_to(tree)
-    return int(hits)
+    return tuple(map(int, hits))
 
 
 def test_an_edit_of_the_micro_kernel_generator_compiles_the_entries_anew(tmp_path):
     tree, cache = tmp_path / "tree", tmp_path / "cache"
     shutil.copytree(ROOT / "nbconv", tree / "nbconv", ignore=shutil.ignore_patterns("__pycache__"))
-    assert _cache_hits(tree, cache) == 0
-    assert _cache_hits(tree, cache) == 1
-    with open(tree / "nbconv" / "cpu" / "microkernel.py", "a") as source:
-        source.write("# edited\n")
-    assert _cache_hits(tree, cache) == 0
+    assert _cache_hits(tree, cache) == (0, 0)
+    assert _cache_hits(tree, cache) == (1, 1)
+    # (module edited, what is compiled anew: the entry, the family's loop)
+    for module, anew in (("tasks.py", (0, 1)), ("target.py", (0, 0)), ("microkernel.py", (0, 0))):
+        with open(tree / "nbconv" / "cpu" / module, "a") as source:
+            source.write("# edited\n")
+        assert _cache_hits(tree, cache) == anew, module

@@ -189,14 +189,15 @@ def conformance():
 
 def libm_fma_calls():
     """Calls to fma/fmaf in the machine code of every compiled CPU kernel of nbconv."""
-    from nbconv.cpu import blocked, direct, launch, standardize, weight_grad
+    from nbconv.cpu import blocked, direct, launch, microkernel, standardize, weight_grad
 
     kernels = [launch.run, blocked._gather, blocked._interleave, direct.conv_grouped, standardize.standardize_columns,
                weight_grad._transpose, weight_grad._pack]
     machine_code = [(kernel.__name__, asm) for kernel in kernels for asm in kernel.inspect_asm().values()]
-    entries = {**blocked.ENTRIES, **{("dw", *key): entry for key, entry in weight_grad.ENTRIES.items()}}
-    machine_code += [(f"entry {key}", entry._library.get_asm_str()) for key, entry in entries.items()]
-    assert len(machine_code) > len(kernels), "no kernel family was compiled"
+    compiled = {**{(entry.__module__, dtype): entry(np.dtype(dtype)) for entry in (blocked._entry, weight_grad._entry)
+                   for dtype in ("float32", "float64")}, **microkernel.COMPILED}
+    machine_code += [(f"{key}", function._library.get_asm_str()) for key, function in compiled.items()]
+    assert len(microkernel.COMPILED) > 1, "no kernel family was compiled"
     return [(name, call) for name, asm in machine_code for call in _CALLED.findall(asm) if call in ("fma", "fmaf")]
 
 

@@ -33,7 +33,7 @@ from numba import carray, get_num_threads, njit, prange
 from nbconv import buffers
 from nbconv.config import CACHE
 from nbconv.cpu import launch, parallel
-from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_tile, lanes, store_fence
+from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_lines_at, lanes, lines_address, store_fence
 from nbconv.cpu.tasks import claim
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
@@ -217,7 +217,7 @@ def _interleave(x, out):
 
 @lru_cache(maxsize=64)
 def _launch_args(geometry, dtype, threads, mode):
-    """The family's entry address, the threads to run it on, and `_work`'s meta: everything it needs besides the
+    """The entry address, the threads to run it on, and `_work`'s meta: everything it needs besides the
     arrays' data, in the order it unpacks them, from the geometry alone (one lookup per call; the
     array is shared by concurrent calls, so it is read-only)."""
     blocking = _packing(geometry, dtype)[0]
@@ -233,41 +233,34 @@ def _launch_args(geometry, dtype, threads, mode):
     tables = (size for axis in zip(geometry.out_spatial, geometry.kernel) for size in axis)
     workers = min(threads, n_tasks)
     meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
-                     bias_size, *geometry.in_spatial, geometry.in_channels, *packed, *tables), np.int64)
+                     bias_size, lines_address(blocking.shape, dtype), *geometry.in_spatial, geometry.in_channels,
+                     *packed, *tables), np.int64)
     meta.flags.writeable = False
-    return launch.address(_entry(blocking.shape, dtype)), workers, meta
+    return launch.address(_entry(np.dtype(dtype))), workers, meta
 
 
-def _entry(shape, dtype):
-    """The compiled entry point of one kernel family: a C function of the data pointers of (x, packed,
+@lru_cache(maxsize=None)
+def _entry(dtype):
+    """The compiled entry point of the blocked kernel: a C function of the data pointers of (x, packed,
     bias, out, idx_d, idx_h, idx_w, counter, meta), so that one parallel loop, compiled once
-    (`launch.run`), runs every family. The family, (V, K, G, D) as tuples of zeros, is a constant of
-    the entry (Numba's cache tells the entries apart by it). Compiled (or loaded) once per process."""
-    if (shape, dtype) in ENTRIES:
-        return ENTRIES[shape, dtype]
-    vectors, spread, group, phased = shape
+    (`launch.run`), runs it and the weight gradient's. The same for every family (meta says which
+    micro-kernel it calls: `microkernel.lines_address`); compiled (or loaded) once per process and dtype."""
     digest = launch.LINKED_SOURCES
 
     def entry(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta):
         digest  # noqa: B018 (referenced, so that it is a cell of the closure, which Numba's cache keys by)
-        _work(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta, vectors, spread, group, phased)
-    ENTRIES[shape, dtype] = launch.entry_point(entry, dtype)
-    return ENTRIES[shape, dtype]
-
-
-# (family shape, dtype) -> compiled entry (`_entry`)
-ENTRIES = {}
+        _work(x, packed, bias, out, idx_d, idx_h, idx_w, counter, meta)
+    return launch.entry_point(entry, dtype)
 
 
 @njit(inline="always")
-def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr, vectors, spread, group,
-          phased):
+def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr):
     """One thread's share: runs of tasks claimed from counter[0] until the slice's end. The arrays
     are rebuilt from their data pointers and `meta` (`_launch_args`) as flat views, made once: views
     made inside the loop would cost atomic reference counts, which the threads contend for."""
     meta = carray(meta_ptr, (_META,))
-    n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, mode, n_bias = meta[:12]
-    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[12:]
+    n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, mode, n_bias, family = meta[:13]
+    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[13:]
     n_batch = n_tasks // (n_od * bands)
     strides = (d * h * w * cin, h * w * cin, w * cin, cin)
     counter = carray(counter_ptr, (3,))
@@ -284,19 +277,18 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
         for task in range(first, last):
             n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
             _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), q, (x_step * strides[3], q * cout), n_ow * cout,
-                  arrays, packed_shape, (cin, cout), vectors, spread, group, phased, mode)
+                  arrays, packed_shape, (cin, cout), family, mode)
         first, last = claim(counter, last, end, workers)
     if mode == STREAMED:  # this thread's non-temporal stores, visible before the call returns
         store_fence()
 
 
-# meta's length: 12 values, x's sizes after N, packed's 5, the 3 tables' 2 each
-_META = 12 + 4 + 5 + 6
+# meta's length: 13 values, x's sizes after N, packed's 5, the 3 tables' 2 each
+_META = 13 + 4 + 5 + 6
 
 
 @njit(inline="always")
-def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out, vectors, spread, group, phased,
-          mode):
+def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out, family, mode):
     """Output rows oh... oh + rows - 1 of (n, od), band = (n, od, oh): each of the q residue classes
     along W cut into runs of pixels with the same taps, each run into stretches of rows with the
     same taps; one tap list per stretch and run, shared by every unit and channel block (its offsets
@@ -314,8 +306,7 @@ def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out,
             while i < rows:
                 run = (band[0], band[1], band[2], r + q * j)
                 used, lines, first, pixels, steps, i_end = _plan(tap_args, run, i, rows, end - j, w_steps, y_row)
-                _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, mode, taps, used,
-                           lines, first, pixels, steps)
+                _run_units(arrays, packed_shape, in_out, family, mode, taps, used, lines, first, pixels, steps)
                 i = i_end
             j = end
 
@@ -354,13 +345,11 @@ def _row_step(idx_h, oh):
 
 
 @njit(inline="always")
-def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, mode, taps, used, lines, first,
-               count, steps):
+def _run_units(arrays, packed_shape, in_out, family, mode, taps, used, lines, first, count, steps):
     """`lines` lines of `count` output pixels from flat pixel first[0] (reading x from first[1]),
     pixels (x_step, y_step) apart and lines (x_line, y_line), reducing over the first `used` taps,
-    for every unit and channel block, in micro-kernel calls of as many pixels as each holds; the
-    lines of one block of pixels in turn, so that they find their shared inputs in L1. `mode`: how the
-    micro-kernel stores (`_store_mode`)."""
+    for every unit and channel block, by the family's micro-kernel loop at address `family`
+    (`microkernel.over_lines`). `mode`: how it stores (`_store_mode`)."""
     x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
     x_step, y_step, x_line, y_line = steps
@@ -372,15 +361,8 @@ def _run_units(arrays, packed_shape, in_out, vectors, spread, group, phased, mod
             y_first = first[0] * cout + unit * unit_cout + block * width
             stored = min(width, unit_cout - block * width)  # a partial last block stores fewer
             w_at = ((unit * blocks + block) * n_taps * cin_g * width, (unit * blocks + block) * width)
-            p = 0
-            while p < count:
-                pixels = 0  # every line of the block takes as many (lines >= 1)
-                for i in range(lines):
-                    x_at = (x_first + i * x_line + p * x_step, x_step)
-                    y_at = (y_first + i * y_line + p * y_step, y_step, stored, mode)
-                    pixels = fma_tile(vectors, spread, group, phased, count - p, x, x_at, taps, used, w, w_at, bias,
-                                      y, y_at)
-                p += pixels
+            fma_lines_at(family, lines, count, x, (x_first, x_step, x_line), taps, used, w, w_at, bias, y,
+                         (y_first, y_step, y_line, stored, mode))
 
 
 @njit(error_model="numpy", cache=CACHE)

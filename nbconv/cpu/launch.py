@@ -3,9 +3,10 @@
 A `parallel=True` function is compiled twice more than a plain one (its parfor gufunc, and the
 function around it), each time with everything it calls linked in, optimised and turned into machine
 code again, and Numba's parfor passes take seconds of their own. Compiled per kernel family, that was
-most of a family's cold compile (grouped_g8 on Zen 3: 5.4 s, 2.4 without). So the family is compiled
-once, as a C function of data pointers (`blocked._entry`), and this loop, compiled once for all
-families, calls it by address on each of Numba's threads.
+most of a family's cold compile (grouped_g8 on Zen 3: 5.4 s, 2.4 without). So each kernel is compiled
+once per dtype, as a C function of data pointers (`blocked._entry`, `weight_grad._entry`), and this
+loop, compiled once for all of them, calls it by address on each of Numba's threads. (The kernels in
+turn call their family's micro-kernel loop by address: `microkernel.lines_address`.)
 """
 import hashlib
 from pathlib import Path

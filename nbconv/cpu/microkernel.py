@@ -38,17 +38,24 @@ per pixel count of the target's `pixels[V]` (`whole[V]` with K = LANES) behind a
 LANES, bodies of the target's `sliding` pixel counts also hold a sliding-window variant, taken when
 x_step = S (`_Emitter.slide`).
 `bias` must have V * LANES readable values from `bias_base`. `tile_module` emits the same bodies as a
-plain LLVM module for any target, to read their machine code (tests/test_isa.py).
+plain LLVM module for any target, to read their machine code (tests/test_isa.py). The kernels call a
+family's bodies through a C function (`lines_address`, `fma_lines_at`), so that everything around
+them compiles once for every family.
 """
+import hashlib
 from functools import lru_cache
+from pathlib import Path
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from nbconv.config import CACHE
 from nbconv.cpu import nojit
+from nbconv.cpu import target as target_module
 from nbconv.cpu.target import CACHE_LINE, current
 
 TARGET = current()
@@ -94,8 +101,100 @@ def _fma_tile_python(vectors, spread, group, phased, remaining, x, x_at, taps, n
 @nojit.python_twin(_fma_tile_python)
 @intrinsic
 def fma_tile(typingctx, vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    """The module docstring's micro-kernel; x, taps, w, bias and y are pointers (compiled, it runs in the
+    C functions of `lines_address`), arrays in Python."""
+    if not all(isinstance(pointer, types.CPointer) for pointer in (x, taps, w, bias, y)):
+        return None
     sig = types.int64(vectors, spread, group, phased, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
     return sig, _codegen(TARGET, x.dtype, vectors.count, spread.count, group.count, phased.count)
+
+
+@njit(inline="always")
+def over_lines(vectors, spread, group, phased, lines, count, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    """`lines` lines of `count` output pixels: x_at = (x_base, x_step, x_line), y_at = (y_base, y_step,
+    y_line, channels, mode), pixels a step apart, lines a line; in `fma_tile` calls of as many pixels as
+    each holds, the lines of one block of pixels in turn, so that they find their shared inputs in L1.
+    -> the pixels of the last call (one call where count is one of the target's pixel counts)."""
+    x_base, x_step, x_line = x_at
+    y_base, y_step, y_line, channels, mode = y_at
+    p = pixels = 0
+    while p < count:
+        for i in range(lines):
+            x_at_i = (x_base + i * x_line + p * x_step, x_step)
+            y_at_i = (y_base + i * y_line + p * y_step, y_step, channels, mode)
+            pixels = fma_tile(vectors, spread, group, phased, count - p, x, x_at_i, taps, n_taps, w, w_at, bias, y,
+                              y_at_i)
+        p += pixels
+    return pixels
+
+
+def lines_address(shape, dtype):
+    """The address of one family's `over_lines` (V, K, G, D: `shape`, tuples of zeros) compiled as a C
+    function (`compiled_lines`), which the kernels call through `fma_lines_at`. So a family is only its
+    micro-kernel and this loop: the code around them (claiming tasks, tap lists, loops over units and
+    blocks) is the same for every family and compiles once per dtype (a family took 2.2-3.6 s of cold
+    compile on Zen 3 with it, 0.4-0.7 s without). The loop is inside, so that a call does a run of
+    micro-kernel calls (called one by one, medical_s2's short ones ran 1.2x slower)."""
+    lines = compiled_lines(shape, dtype)
+    return getattr(lines, "address", lines)
+
+
+# (family, dtype) -> its compiled loop (`compiled_lines`)
+COMPILED = {}
+# Numba's cache checks this file's source for the compiled loops, but their code also comes from the
+# target's tables: a digest of those is a constant of each (a cell of its closure, which the cache keys by).
+_TARGET_SOURCE = hashlib.sha256(Path(target_module.__file__).read_bytes()).hexdigest()
+
+
+def compiled_lines(shape, dtype):
+    """`over_lines` of one family and dtype as a C function of `fma_lines_at`'s arguments, compiled (or
+    loaded from Numba's cache) once per process; under NUMBA_DISABLE_JIT, its index in COMPILED."""
+    key = shape, np.dtype(dtype)
+    if key not in COMPILED:
+        COMPILED[key] = len(COMPILED) if numba.config.DISABLE_JIT else _compile_lines(*key)
+    return COMPILED[key]
+
+
+def _compile_lines(shape, dtype):
+    vectors, spread, group, phased = shape
+    digest = _TARGET_SOURCE
+
+    def lines_of_tiles(lines, count, x, x_base, x_step, x_line, taps, n_taps, w, w_base, bias_base, bias, y, y_base,
+                       y_step, y_line, channels, mode):
+        digest  # noqa: B018 (referenced, so that it is a cell of the closure)
+        return over_lines(vectors, spread, group, phased, lines, count, x, (x_base, x_step, x_line), taps, n_taps, w,
+                          (w_base, bias_base), bias, y, (y_base, y_step, y_line, channels, mode))
+    values, i64 = types.CPointer(numba.from_dtype(dtype)), types.int64
+    # fma_lines_at's arguments in order, arrays as pointers and tuples flattened
+    signature = i64(i64, i64, values, i64, i64, i64, types.CPointer(i64), i64, values, i64, i64, values, values,
+                    *[i64] * 5)
+    return cfunc(signature, error_model="numpy", cache=CACHE)(lines_of_tiles)
+
+
+def _fma_lines_at_python(address, lines, count, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    family = list(COMPILED)[address][0]
+    return over_lines(*family, lines, count, x, x_at, taps, n_taps, w, w_at, bias, y, y_at)
+
+
+@nojit.python_twin(_fma_lines_at_python)
+@intrinsic
+def fma_lines_at(typingctx, address, lines, count, x, x_at, taps, n_taps, w, w_at, bias, y, y_at):
+    """over_lines(*family, lines, count, x, x_at, ...) of the family whose C function is at `address`
+    (`lines_address`): x, taps, w, bias and y arrays, passed as their data pointers."""
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        values = []
+        for value, ty in zip(args[1:], tys[1:]):
+            if isinstance(ty, types.Array):
+                values.append(context.make_array(ty)(context, builder, value).data)
+            elif isinstance(ty, types.BaseTuple):
+                values += [context.cast(builder, item, item_ty, types.int64)
+                           for item, item_ty in zip(cgutils.unpack_tuple(builder, value), ty)]
+            else:
+                values.append(context.cast(builder, value, ty, types.int64))
+        function = ir.FunctionType(ir.IntType(64), [value.type for value in values])
+        return builder.call(builder.inttoptr(args[0], function.as_pointer()), values)
+    return types.int64(address, lines, count, x, x_at, taps, n_taps, w, w_at, bias, y, y_at), codegen
 
 
 @nojit.python_twin(lambda: None)
@@ -110,15 +209,12 @@ def store_fence(typingctx):
 
 def _codegen(target, dtype, n_vec, spread, group, distance):
     def codegen(context, builder, signature, args):
-        tys = signature.args
         _, _, _, _, remaining, x, x_at, taps, n_taps, w, w_at, bias, y, y_at = args
         x_at, y_at = cgutils.unpack_tuple(builder, x_at), cgutils.unpack_tuple(builder, y_at)
         w_base, bias_base = cgutils.unpack_tuple(builder, w_at)
-        data = {name: context.make_array(tys[i])(context, builder, args[i]).data
-                for name, i in (("x", 5), ("w", 9), ("bias", 11), ("y", 12))}
-        taps_ptr = context.make_array(tys[7])(context, builder, taps).data
+        data = {"x": x, "w": w, "bias": bias, "y": y}  # pointers (`_compiled_lines`)
         emit = _Emitter(builder, target, dtype, spread, group, distance)
-        return emit.tile(n_vec, remaining, data, taps_ptr, n_taps, x_at, w_base, y_at, bias_base)
+        return emit.tile(n_vec, remaining, data, taps, n_taps, x_at, w_base, y_at, bias_base)
     return codegen
 
 

@@ -42,7 +42,7 @@ from numba import carray, get_num_threads, njit, prange
 from nbconv import buffers
 from nbconv.config import CACHE
 from nbconv.cpu import blocked, launch, parallel
-from nbconv.cpu.microkernel import CACHED, TARGET, fma_tile, lanes
+from nbconv.cpu.microkernel import CACHED, TARGET, fma_lines_at, lanes, lines_address
 from nbconv.cpu.tasks import claim, fetch_add
 
 # Tasks per thread to aim for: a layer with few planes takes shorter runs of them, so that the threads
@@ -173,7 +173,7 @@ def _pack(dy, cout_g, out):
 
 @lru_cache(maxsize=64)
 def _launch_args(geometry, dtype, threads, folded):
-    """The family's entry address, the threads to run it on, `_work`'s meta (read-only), the W tap
+    """The entry's address, the threads to run it on, `_work`'s meta (read-only), the W tap
     table and the layout's sizes: (a group's rows, phases, row length, classes, positions per class)."""
     dtype = np.dtype(dtype)
     blocking = blocked._packing(geometry, dtype)[0]
@@ -198,6 +198,8 @@ def _launch_args(geometry, dtype, threads, folded):
         step, pixels, taps_w, x_row = 1, rows_g, kw, phases * groups * rows_g * row_length
         w_table = _w_table(geometry.tap_tables()[2], classes, phases, groups * rows_g * row_length, positions, width)
         layout = (rows_g, phases, row_length, classes, positions)
+    family = (blocking.shape[0], (0,), (0,), (0,) * step)  # K = 1 stepping `step` elements (its D)
+    body_pixels = (*counts, *[1] * (_BODIES - len(counts)))
     # A task is (n, a run of planes, group, block, kd), the runs as long as make PLANE_POSITIONS positions
     # but short enough for TASKS_PER_THREAD tasks per thread where the layer has few.
     base = n * groups * blocking.blocks * kd
@@ -207,9 +209,9 @@ def _launch_args(geometry, dtype, threads, folded):
     workers = min(threads, n_tasks)
     meta = np.array((n_tasks, workers, n, d, h, x_row, n * d * h * x_row, row_length, pixels, od, oh, w_table.shape[1],
                      layout[4], width, kd, kh, taps_w, groups, blocking.blocks, cin_g if not folded else pixels,
-                     cout // groups, cout, plane_runs, planes), np.int64)
+                     cout // groups, cout, plane_runs, planes, lines_address(family, dtype), *body_pixels), np.int64)
     meta.flags.writeable = w_table.flags.writeable = False  # (both read-only, as the forward's: one launch.run)
-    return launch.address(_entry(blocking.shape[0], step, dtype)), workers, meta, w_table, layout
+    return launch.address(_entry(dtype)), workers, meta, w_table, layout
 
 
 def _w_table(idx_w, classes, phases, phase_length, positions, width):
@@ -227,33 +229,32 @@ def _w_table(idx_w, classes, phases, phase_length, positions, width):
     return table
 
 
-def _entry(vectors, step, dtype):
-    """The compiled entry point of one family (V vectors as a tuple of zeros, the reduction's step in
-    x, a dtype), as `blocked._entry`; compiled (or loaded) once per process."""
-    if (vectors, step, dtype) in ENTRIES:
-        return ENTRIES[vectors, step, dtype]
-    digest, steps = launch.LINKED_SOURCES, (0,) * step  # (K = 1's D: `microkernel._input_steps`)
+@lru_cache(maxsize=None)
+def _entry(dtype):
+    """The compiled entry point of the weight gradient, as `blocked._entry`: the same for every family
+    (meta says which micro-kernel); compiled (or loaded) once per process and dtype."""
+    digest = launch.LINKED_SOURCES
 
     def entry(x, dy, zeros, dw, idx_d, idx_h, w_table, counter, meta):
         digest  # noqa: B018 (a cell of the closure, which Numba's cache keys by)
-        _work(x, dy, zeros, dw, idx_d, idx_h, w_table, counter, meta, vectors, steps)
-    ENTRIES[vectors, step, dtype] = launch.entry_point(entry, dtype)
-    return ENTRIES[vectors, step, dtype]
+        _work(x, dy, zeros, dw, idx_d, idx_h, w_table, counter, meta)
+    return launch.entry_point(entry, dtype)
 
 
-# (V as a tuple of zeros, step, dtype) -> compiled entry (`_entry`)
-ENTRIES = {}
-_META = 24
+# The most pixel counts of a family (`target.Blocking.pixels`), and meta's length
+_BODIES = max(len(counts) for counts in TARGET.blocking.pixels.values())
+_META = 25 + _BODIES
 
 
 @njit(inline="always")
-def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr, vectors, steps):
+def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, meta_ptr):
     """One thread's share: runs of tasks claimed from counter[0] until the slice's end, summed into
     this thread's own dw (the thread's number: counter[3], counted up as threads enter), on flat views
     of the arrays made once (see `blocked._work`)."""
     meta = carray(meta_ptr, (_META,))
     n_tasks, workers, n, d, h, x_row, x_size, row_length, rows_g, od, oh, classes, positions, width = meta[:14]
-    kd, kh, kw, groups, blocks, cin_g, cout_g, cout, plane_runs, planes = meta[14:]
+    kd, kh, kw, groups, blocks, cin_g, cout_g, cout, plane_runs, planes, lines_of = meta[14:25]
+    body_pixels = meta[25:]
     counter = carray(counter_ptr, (4,))
     worker = fetch_add(counter[3:], np.int64(1)) % workers
     x = carray(x_ptr, (x_size,))
@@ -279,33 +280,45 @@ def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, me
             for i_kh in range(kh):
                 _tap_lists(taps, counts, tables, sizes, (g, i_b, i_kd, i_kh), i_n,
                            (first_plane, min(od, first_plane + planes)))
-                _tiles(x, dy, zeros, scratch, dw, (taps, counts), sizes, (g, i_b, i_kd, i_kh), vectors, steps)
+                _tiles(x, dy, zeros, scratch, dw, (taps, counts), sizes, (g, i_b, i_kd, i_kh), (lines_of, body_pixels))
         first, last = claim(counter, last, end, workers)
 
 
 @njit(inline="always")
-def _tiles(x, dy, zeros, scratch, dw, tap_lists, sizes, place, vectors, steps):
-    """Add to dw the sums over the tap lists of (kd, kh, every kw) of group g, block b: micro-kernel
-    tiles of the group's input channels (pixels), each through every kw while its x rows are in L1."""
+def _tiles(x, dy, zeros, scratch, dw, tap_lists, sizes, place, family):
+    """Add to dw the sums over the tap lists of (kd, kh, every kw) of group g, block b: micro-kernel tiles
+    over the group's input channels (pixels), each through every kw while its x rows are in L1. `family`:
+    the address of its micro-kernel loop and its pixel counts (`_launch_args`)."""
     n, od, oh, d, h, x_row, dy_row, row_length, width, blocks, (cin_g, rows_g), cout_g, cout, kh, kw = sizes
     g, b, i_kd, i_kh = place
     taps, counts = tap_lists
+    lines_of, body_pixels = family
     stored = min(width, cout_g - b * width)
+    if counts.max() == 0:  # no kw reads these planes
+        return
     i = 0
     while i < rows_g:
-        pixels = 0
+        pixels = _most_pixels(body_pixels, rows_g - i)
         for i_kw in range(kw):
             if counts[i_kw] == 0:
                 continue
-            pixels = fma_tile(vectors, (0,), (0,), steps, rows_g - i, x, ((g * rows_g + i) * row_length, row_length),
-                              taps[i_kw], counts[i_kw], dy, (0, 0), zeros, scratch, (0, width, width, CACHED))
+            # (one call: `pixels` is one of the family's pixel counts)
+            fma_lines_at(lines_of, 1, pixels, x, ((g * rows_g + i) * row_length, row_length, 0), taps[i_kw],
+                         counts[i_kw], dy, (0, 0), zeros, scratch, (0, width, 0, width, CACHED))
             out = (((i_kd * kh + i_kh) * kw + i_kw) * cin_g + i) * cout + g * cout_g + b * width
             for p in range(min(pixels, cin_g - i)):  # (not the zero channels')
                 for j in range(stored):
                     dw[out + p * cout + j] += scratch[p * width + j]
-        if pixels == 0:  # no kw reads these planes
-            return
         i += pixels
+
+
+@njit(inline="always")
+def _most_pixels(body_pixels, remaining):
+    """The largest of a family's pixel counts (largest first, the last 1) that `remaining` allows."""
+    for pixels in body_pixels:
+        if pixels <= remaining:
+            return pixels
+    return 1
 
 
 @njit(inline="always")
