@@ -325,6 +325,6 @@ def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_
     _, workers, meta = blocked._launch_args(geometry, np.dtype(dtype), 2, microkernel.CACHED)
     bias = blocked.pack_weights(np.zeros((1, 1, 1, blocking.phases, w.shape[-1]), dtype), blocking)
     tables = [size for table in geometry.tap_tables() for size in table.shape]
-    assert meta[1] == workers and meta[11] == bias.size
-    assert meta[12] == microkernel.lines_address(blocking.shape, dtype)
-    assert list(meta[13:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]
+    assert meta[1] == workers and meta[12] == bias.size
+    assert meta[13] == microkernel.lines_address(blocking.shape, dtype)
+    assert list(meta[14:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]

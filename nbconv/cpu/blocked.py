@@ -18,7 +18,8 @@ classes (q = lhs / gcd(stride, lhs), 1 without input dilation): inside a class, 
 read inputs `x_step` pixels apart through the same taps, so input dilation skips its zeros for free.
 A class splits into runs of pixels with the same valid taps (the interior, and single pixels near a
 padded edge); a run gets one list of (x offset, packed-weight offset, length) taps per stretch of
-rows with the same taps (all of a band but those at a padded H edge), with consecutive taps merged
+rows with the same taps (all of a band but those at a padded H edge; rows fall into classes along H
+as pixels do along W, and a stretch is rows of one class: input dilation's rows alternate their taps), with consecutive taps merged
 where x and the weights both continue (a dense or depthwise stride-1 row reduces KW * Cin at once,
 which is what makes Cin = 1 or 3 fast), shared by every unit and channel block. Micro-kernel pixels
 run along W; a run shorter than its stretch (a padded W edge) runs down H instead.
@@ -232,7 +233,9 @@ def _launch_args(geometry, dtype, threads, mode):
     bias_size = prod(_packed_shape(1, blocking.phases, blocking, width))
     tables = (size for axis in zip(geometry.out_spatial, geometry.kernel) for size in axis)
     workers = min(threads, n_tasks)
-    meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
+    # Rows in H fall into classes as pixels along W do (`_Blocking.steps`): rows of one class share taps.
+    rows_h = geometry.lhs_dilation[1] // gcd(geometry.stride[1], geometry.lhs_dilation[1])
+    meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, rows_h, mode,
                      bias_size, lines_address(blocking.shape, dtype), *geometry.in_spatial, geometry.in_channels,
                      *packed, *tables), np.int64)
     meta.flags.writeable = False
@@ -259,8 +262,8 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     are rebuilt from their data pointers and `meta` (`_launch_args`) as flat views, made once: views
     made inside the loop would cost atomic reference counts, which the threads contend for."""
     meta = carray(meta_ptr, (_META,))
-    n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, mode, n_bias, family = meta[:13]
-    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[13:]
+    n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, q_h, mode, n_bias, family = meta[:14]
+    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[14:]
     n_batch = n_tasks // (n_od * bands)
     strides = (d * h * w * cin, h * w * cin, w * cin, cin)
     counter = carray(counter_ptr, (3,))
@@ -276,25 +279,28 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     while first < end:
         for task in range(first, last):
             n, od, oh = task // (n_od * bands), (task // bands) % n_od, task % bands * BAND
-            _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), q, (x_step * strides[3], q * cout), n_ow * cout,
-                  arrays, packed_shape, (cin, cout), family, mode)
+            _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), (q, q_h), (x_step * strides[3], q * cout),
+                  n_ow * cout, arrays, packed_shape, (cin, cout), family, mode)
         first, last = claim(counter, last, end, workers)
     if mode == STREAMED:  # this thread's non-temporal stores, visible before the call returns
         store_fence()
 
 
-# meta's length: 13 values, x's sizes after N, packed's 5, the 3 tables' 2 each
-_META = 13 + 4 + 5 + 6
+# meta's length: 14 values, x's sizes after N, packed's 5, the 3 tables' 2 each
+_META = 14 + 4 + 5 + 6
 
 
 @njit(inline="always")
-def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out, family, mode):
+def _band(tap_args, band, rows, classes, w_steps, y_row, arrays, packed_shape, in_out, family, mode):
     """Output rows oh... oh + rows - 1 of (n, od), band = (n, od, oh): each of the q residue classes
-    along W cut into runs of pixels with the same taps, each run into stretches of rows with the
-    same taps; one tap list per stretch and run, shared by every unit and channel block (its offsets
-    are relative to them). A class's consecutive pixels are w_steps = (x, y) apart, rows y_row in y."""
+    along W cut into runs of pixels with the same taps, each run into stretches of rows of one of
+    the q_h classes along H with the same taps (classes = (q, q_h): input dilation alternates the taps
+    from row to row, as along W); one tap list per stretch and run, shared by every unit and channel
+    block (its offsets are relative to them). A W class's consecutive pixels are w_steps = (x, y) apart,
+    rows y_row in y."""
     taps, idx_w = tap_args[0], tap_args[3]
     n_ow = idx_w.shape[0]
+    q, q_h = classes
     for r in range(q):
         count = (n_ow - r + q - 1) // q
         j = 0
@@ -302,45 +308,48 @@ def _band(tap_args, band, rows, q, w_steps, y_row, arrays, packed_shape, in_out,
             end = j + 1
             while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                 end += 1
-            i = np.int64(0)  # not the literal 0: _plan would be compiled for it too
-            while i < rows:
-                run = (band[0], band[1], band[2], r + q * j)
-                used, lines, first, pixels, steps, i_end = _plan(tap_args, run, i, rows, end - j, w_steps, y_row)
-                _run_units(arrays, packed_shape, in_out, family, mode, taps, used, lines, first, pixels, steps)
-                i = i_end
+            for row_class in range(q_h):
+                i = row_class
+                while i < rows:
+                    run = (band[0], band[1], band[2], r + q * j)
+                    used, lines, first, pixels, steps, i = _plan(tap_args, run, (i, rows, q_h), end - j, w_steps,
+                                                                 y_row)
+                    _run_units(arrays, packed_shape, in_out, family, mode, taps, used, lines, first, pixels, steps)
             j = end
 
 
 @njit(error_model="numpy", cache=CACHE)
-def _plan(tap_args, run, i, rows, count, w_steps, y_row):
+def _plan(tap_args, run, rows, count, w_steps, y_row):
     """The micro-kernel lines for a run of `count` pixels along W, from row `i` of the band through
-    the rows after it with the same taps (one tap list serves them all, each row reading
-    `_row_step` further in x): pixels along W, one line per row; or, for runs shorter than that
-    stretch (at a padded W edge), pixels down H, one line per W pixel. W pixels are w_steps = (x, y)
-    apart, rows y_row in y. -> (taps filled, lines, first, pixels per line, (x_step, y_step, x_line,
-    y_line), the row after the stretch)."""
+    the rows i + q_h, i + 2 q_h... after it with the same taps, rows = (i, the band's rows, q_h) (one
+    tap list serves them all, each row reading `_row_step` further in x): pixels along W, one line per
+    row; or, for runs shorter than that stretch (at a padded W edge), pixels down H, one line per W
+    pixel. W pixels are w_steps = (x, y) apart, rows y_row in y. -> (taps filled, lines, first, pixels
+    per line, (x_step, y_step, x_line, y_line), the class's next row after the stretch)."""
     taps, idx_d, idx_h, idx_w, strides, cin_g, width, element = tap_args
     n, od, oh, ow = run
+    i, band_rows, q_h = rows
     n_oh, n_ow = idx_h.shape[0], idx_w.shape[0]
-    end = i + 1
-    while end < rows and _same_taps(idx_h, oh + i, oh + end):
-        end += 1
+    end = i + q_h
+    while end < band_rows and _same_taps(idx_h, oh + i, oh + end):
+        end += q_h
+    stretch = (end - i) // q_h
     used = _tap_list(taps, idx_d, idx_h, idx_w, (od, oh + i, ow), strides, cin_g, width, element)
     # The run's first output pixel (flat) and its image in x: the tap offsets lead from there.
     first = ((n * idx_d.shape[0] + od) * n_oh + oh + i) * n_ow + ow, n * strides[0]
-    h_step = _row_step(idx_h, oh + i) * strides[2]
-    if count >= end - i:
-        return used, end - i, first, count, (w_steps[0], w_steps[1], h_step, y_row), end
-    return used, count, first, end - i, (h_step, y_row, w_steps[0], w_steps[1]), end
+    h_step, row_step = _row_step(idx_h, oh + i, q_h) * strides[2], q_h * y_row
+    if count >= stretch:
+        return used, stretch, first, count, (w_steps[0], w_steps[1], h_step, row_step), end
+    return used, count, first, stretch, (h_step, row_step, w_steps[0], w_steps[1]), end
 
 
 @njit(error_model="numpy", cache=CACHE)
-def _row_step(idx_h, oh):
-    """How far apart in x (in input rows) rows oh and oh + 1 read, given that they use the same taps
+def _row_step(idx_h, oh, q_h):
+    """How far apart in x (in input rows) rows oh and oh + q_h read, given that they use the same taps
     (0 when they use none)."""
     for k in range(idx_h.shape[1]):
-        if idx_h[oh, k] >= 0 and oh + 1 < idx_h.shape[0]:
-            return idx_h[oh + 1, k] - idx_h[oh, k]
+        if idx_h[oh, k] >= 0 and oh + q_h < idx_h.shape[0]:
+            return idx_h[oh + q_h, k] - idx_h[oh, k]
     return 0
 
 
