@@ -19,10 +19,11 @@ read inputs `x_step` pixels apart through the same taps, so input dilation skips
 A class splits into runs of pixels with the same valid taps (the interior, and single pixels near a
 padded edge); a run gets one list of (x offset, packed-weight offset, length) taps per stretch of
 rows with the same taps (all of a band but those at a padded H edge; rows fall into classes along H
-as pixels do along W, and a stretch is rows of one class: input dilation's rows alternate their taps), with consecutive taps merged
-where x and the weights both continue (a dense or depthwise stride-1 row reduces KW * Cin at once,
-which is what makes Cin = 1 or 3 fast), shared by every unit and channel block. Micro-kernel pixels
-run along W; a run shorter than its stretch (a padded W edge) runs down H instead.
+as pixels do along W, and a stretch is rows of one class: input dilation's rows alternate their
+taps), with consecutive taps merged where x and the weights both continue (a dense or depthwise
+stride-1 row reduces KW * Cin at once, which is what makes Cin = 1 or 3 fast), shared by every unit
+and channel block. Micro-kernel pixels run along W; a run shorter than its stretch (a padded W edge)
+runs down H instead.
 """
 from functools import lru_cache
 from math import gcd, prod
