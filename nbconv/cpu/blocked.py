@@ -96,14 +96,14 @@ class _Blocking(NamedTuple):
     per_unit: int  # groups per unit: 1, V * K, or V with phases
     units: int  # groups // per_unit
     blocks: int  # blocks of V vectors per unit
-    steps: tuple  # (q, x_step) along W, see `_band`
+    steps: tuple  # (q, x_step) along W and q_h along H, see `_band`
     # V, K, G and D (Cin_g with input phases, else 1) as the types of tuples of zeros: each combination
     # compiles only its own code.
     shape: tuple
 
 
 def _blocking(geometry, dtype):
-    """The vectors and W steps of a geometry (asked once per geometry and dtype, by `_packing`)."""
+    """The vectors and W and H steps of a geometry (asked once per geometry and dtype, by `_packing`)."""
     width, k = lanes(dtype), spread_for(geometry, dtype)
     groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
     # K lanes per channel as input phases of one group fill as many lanes as K groups, and leave x
@@ -126,11 +126,12 @@ def _blocking(geometry, dtype):
         per_vector = 1 if phases > 1 else k
         most = TARGET.whole_vectors if k == width else min(2, TARGET.max_vectors)
         vectors = max(v for v in range(most, 0, -1) if (groups // per_vector) % v == 0)
-    stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
-    q = lhs // gcd(stride, lhs)
+    # Residue classes along H and W: rows fall into them as pixels do (input dilation alternates their taps).
+    q_h, q = (lhs // gcd(stride, lhs) for stride, lhs in zip(geometry.stride[1:], geometry.lhs_dilation[1:]))
     per_unit = 1 if k == 1 else vectors if phases > 1 else vectors * k
     return _Blocking(vectors, k, phases, per_unit, groups // per_unit,
-                     -(-cout_g // (vectors * width)) if k == 1 else 1, (q, q * stride // lhs),
+                     -(-cout_g // (vectors * width)) if k == 1 else 1,
+                     (q, q * geometry.stride[2] // geometry.lhs_dilation[2], q_h),
                      ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1), (0,) * (cin_g if phases > 1 else 1)))
 
 
@@ -234,9 +235,7 @@ def _launch_args(geometry, dtype, threads, mode):
     bias_size = prod(_packed_shape(1, blocking.phases, blocking, width))
     tables = (size for axis in zip(geometry.out_spatial, geometry.kernel) for size in axis)
     workers = min(threads, n_tasks)
-    # Rows in H fall into classes as pixels along W do (`_Blocking.steps`): rows of one class share taps.
-    rows_h = geometry.lhs_dilation[1] // gcd(geometry.stride[1], geometry.lhs_dilation[1])
-    meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, rows_h, mode,
+    meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
                      bias_size, lines_address(blocking.shape, dtype), *geometry.in_spatial, geometry.in_channels,
                      *packed, *tables), np.int64)
     meta.flags.writeable = False
@@ -309,10 +308,10 @@ def _band(tap_args, band, rows, classes, w_steps, y_row, arrays, packed_shape, i
             end = j + 1
             while end < count and _same_taps(idx_w, r + q * j, r + q * end):
                 end += 1
+            run = (band[0], band[1], band[2], r + q * j)
             for row_class in range(q_h):
                 i = row_class
                 while i < rows:
-                    run = (band[0], band[1], band[2], r + q * j)
                     used, lines, first, pixels, steps, i = _plan(tap_args, run, (i, rows, q_h), end - j, w_steps,
                                                                  y_row)
                     _run_units(arrays, packed_shape, in_out, family, mode, taps, used, lines, first, pixels, steps)
