@@ -314,6 +314,34 @@ def test_blocked_edge_columns(options, dtype, groups, cin_g, cout_g):
         assert_conv_close(got, x, w, groups=groups, **options)
 
 
+@pytest.fixture
+def tiny_l2(monkeypatch):
+    """An L2 cache of no bytes: every geometry with KD > 1 takes a band's planes in turn."""
+    monkeypatch.setattr(blocked, "l2_bytes", lambda: 0)
+    blocked._launch_args.cache_clear()
+    yield
+    blocked._launch_args.cache_clear()
+
+
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
+    ("float32", 1, 3, 20), ("float32", 16, 1, 1), ("float32", 4, 2, 4), ("float64", 1, 2, 9)])
+@pytest.mark.parametrize("options", [
+    {"padding": "SAME"}, {"stride": (2, 1, 2), "padding": "VALID"}, {"rhs_dilation": (2, 1, 1), "padding": 1},
+    {"lhs_dilation": (2, 1, 1), "padding": 1}])
+def test_blocked_planes_in_turn(tiny_l2, options, dtype, groups, cin_g, cout_g):
+    """Tasks that take a band's output planes in turn (`_planes_first`) cover every plane and band once:
+    several bands (19 rows), a partial last one, two samples, the threads claiming runs."""
+    rng = np.random.default_rng(cout_g)
+    x = rng.standard_normal((2, 6, 19, 5, groups * cin_g)).astype(dtype)
+    w = rng.standard_normal((3, 2, 3, cin_g, groups * cout_g)).astype(dtype)
+    geometry = conv_geometry(x.shape, w.shape, **{"stride": 1, "lhs_dilation": 1, "rhs_dilation": 1, **options},
+                             groups=groups, channel_first=False)
+    assert blocked._planes_first(geometry, np.dtype(dtype))
+    with forced_kernel("blocked"):
+        got = nbconv.conv3d(x, w, groups=groups, backend=BACKEND, **options)
+    assert_conv_close(got, x, w, groups=groups, **options)
+
+
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g", PACKED_GROUPS + [("float32", 1, 5, 70), ("float64", 2, 3, 9)])
 def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_g):
     """The kernel's sizes, cached per geometry, are those of the arrays a call passes: the packed
@@ -327,4 +355,5 @@ def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_
     tables = [size for table in geometry.tap_tables() for size in table.shape]
     assert meta[1] == workers and meta[12] == bias.size
     assert meta[13] == microkernel.lines_address(blocking.shape, dtype)
-    assert list(meta[14:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]
+    assert meta[14] == blocked._planes_first(geometry, np.dtype(dtype))
+    assert list(meta[15:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]
