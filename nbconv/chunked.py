@@ -25,7 +25,7 @@ from math import prod
 import numba
 import numpy as np
 
-from nbconv import config
+from nbconv import buffers, config
 from nbconv.geometry import dilated
 
 
@@ -166,15 +166,16 @@ def _block(inputs, parts, window, result, w, bias, pads, options, backend):
     channels) assembled from its `inputs` (whole input chunks, or halos: the part at `place`) at
     `parts` = [(place or None, the window's slices)...], then the NumPy conv3d of it on
     DASK_TASK_THREADS kernel threads (Numba's thread count belongs to the calling thread, so this
-    holds for this task alone). Into a plain np.empty, not nbconv's kept buffers: a scheduler holds
-    many blocks at once, and glibc gives the memory of the stored ones to the next (no page faults)."""
+    holds for this task alone). Into a fresh array (`buffers.fresh`), not nbconv's kept buffers: a
+    scheduler holds many blocks at once, and glibc gives the memory of the stored ones to the next (no
+    page faults)."""
     from nbconv.functional import conv3d
 
     pieces = [value if place is None else value[place] for value, (place, _) in zip(inputs, parts)]
     x = _scratch((*window, pieces[0].shape[-1]), pieces[0].dtype)
     for piece, (_, target) in zip(pieces, parts):
         x[target] = piece
-    out = np.empty(*result)
+    out = buffers.fresh(*result)
     before = numba.get_num_threads()
     numba.set_num_threads(min(config.DASK_TASK_THREADS or before, numba.config.NUMBA_NUM_THREADS))
     try:

@@ -16,16 +16,17 @@ def no_kept_buffers():
     buffers._kept.clear()
 
 
-def test_small_arrays_are_plain():
-    a = buffers.empty((3, 4), np.float32)
-    assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.owndata and not buffers._kept
-
-
-def test_large_arrays_start_on_a_cache_line():
-    for dtype in (np.float32, np.float64):
-        a = buffers.empty(LARGE, dtype)
-        assert a.shape == LARGE and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+@pytest.mark.parametrize("shape", [(3, 4), (0, 5), (1000, 3), LARGE])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_arrays_start_on_a_cache_line(shape, dtype):
+    """Every array, small (fresh, never kept) or large (kept for reuse), starts on a cache line."""
+    arrays = [buffers.empty(shape, dtype) for _ in range(4)]
+    for a in arrays:
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
         assert a.ctypes.data % buffers.ALIGN == 0
+    assert len(buffers._kept) == (len(arrays) if np.prod(shape) * np.dtype(dtype).itemsize >= buffers.MIN_BYTES else 0)
+    assert all(buffers.fresh(shape, dtype).ctypes.data % buffers.ALIGN == 0 for _ in range(4))
+    assert len(buffers._kept) == len(arrays) or not buffers._kept  # fresh arrays are never kept
 
 
 def test_memory_is_reused_only_when_nothing_views_it():
