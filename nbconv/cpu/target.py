@@ -31,10 +31,11 @@ L2_FALLBACK = 512 << 10
 #   1.33-1.41x, lhs_dilated_3 1.43-1.49x); without FMA the product takes the last register. More
 #   vectors than these would leave fewer than 4 pixels. One vector stops at 12 pixels on x86: 16
 #   pixels reading whole input vectors (depthwise) keep 16 addresses, more than the 16 general
-#   registers (znver4 reloaded 10 of them per step; 0-2 at 12). AVX2's 2 vectors take every count
-#   up to 6, so that any row ends in one call: a remainder of 1 pixel x 2 vectors waits on its 2
-#   accumulators at every step of a short tap (medical_s2's 15-pixel rows, 6 + 6 + 3 instead of
-#   6 + 6 + 2 + 1: 1.08-1.20x, same process, one and two threads; its family compiles no slower).
+#   registers (znver4 reloaded 10 of them per step; 0-2 at 12). AVX2's 2 and 3 vectors take every
+#   count up to their most, so that any row ends in one call: a remainder of 1 pixel x 2 vectors
+#   waits on its 2 accumulators at every step of a short tap (medical_s2's 15-pixel rows, 6 + 6 + 3
+#   instead of 6 + 6 + 2 + 1: 1.08-1.20x; lhs_dilated_3's 11-pixel classes 4 + 4 + 3: 1.06x; same
+#   process, one and two threads; the families compile no slower).
 #   AArch64 (NEON, 32 registers): LLVM schedules the loads of a step early there, so 2 vectors of
 #   packed groups spilled at 12 and 10 pixels (24 or 20 accumulators, 4 inputs, 2 weights), and 3
 #   vectors at 8: 8 and 6 instead.
@@ -69,7 +70,7 @@ _X86_16 = {1: (12, 8, 4, 2, 1), 2: (6, 4, 2, 1)}
 BLOCKING = {
     ("x86_64", 32, True): Blocking({1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)},
                                    (4, 12), 0, 8),
-    ("x86_64", 16, True): Blocking({**_X86_16, 2: (6, 5, 4, 3, 2, 1), 3: (4, 2, 1)}, (4, 6), 0, 8, _X86_16),
+    ("x86_64", 16, True): Blocking({**_X86_16, 2: (6, 5, 4, 3, 2, 1), 3: (4, 3, 2, 1)}, (4, 6), 0, 8, _X86_16),
     ("x86_64", 16, False): Blocking(_X86_16, (5, 6), 0, 8),
     ("aarch64", 32, True): Blocking({1: (16, 8, 4, 2, 1), 2: (8, 4, 2, 1), 3: (6, 4, 2, 1), 4: (6, 4, 2, 1)},
                                     (4, 8), 8, 8),
