@@ -250,7 +250,7 @@ def _planes_first(geometry, dtype):
     the bands in turn only if all KD input planes stay there meanwhile (depthwise_c64, three planes of
     256 KiB against Zen 3's 512 KiB: 1.17-1.22x on two threads, same process). Where they fit, the
     bands in turn write the result in order (medical_s2 ran 4-14% slower with its planes in turn)."""
-    depth, height, width = geometry.in_spatial
+    _, height, width = geometry.in_spatial
     planes = geometry.kernel[0] * height * width * geometry.in_channels * np.dtype(dtype).itemsize
     return geometry.kernel[0] > 1 and planes > l2_bytes()
 

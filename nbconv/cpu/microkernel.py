@@ -408,7 +408,7 @@ class _Emitter:
         following = b.add(t, c(1))
         with b.if_then(b.icmp_signed("<", following, n_taps)):
             x_base, x_step, _ = x_at
-            start = b.add(x_base, b.load(b.gep(taps, [b.mul(following, c(3))])))
+            start = self.tap_entry(taps, following, x_base, c(0))[0]
             for p in range(n_pix):
                 pixel = b.add(start, b.mul(x_step, c(p)))
                 for line in range(PREFETCH_LINES):
@@ -455,7 +455,7 @@ class _Emitter:
         x_next = x_at[2]
         with cgutils.for_range(b, n_taps) as tap:
             x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_at[0], w_base)
-            with b.if_then(self.new_next(taps, tap.index, n_taps, x_next)):
+            with b.if_then(self.new_next(taps, tap.index, n_taps, x_at, x_tap)):
                 self.prefetch_window(data["x"], b.add(x_tap, x_next), b.add(length, c(n_pix - 1)), n_vec, vs)
             for p in range(n_pix - 1):
                 for v in vs:
@@ -471,16 +471,17 @@ class _Emitter:
                     for p in range(n_pix - 1):
                         b.store(b.load(window[p + 1][v]), window[p][v])
 
-    def new_next(self, taps, t, n_taps, x_next):
-        """Whether tap t's inputs in the next call (x_next further, 0: none) are new: not those of this
-        call's next tap (a 3x3x3 kernel's next row reads 6 of its 9 rows now), which is in L1 by then."""
+    def new_next(self, taps, t, n_taps, x_at, x_tap):
+        """Whether tap t's inputs in the next call (x_next = x_at[2] further, 0: none; this call's at
+        x_tap) are new: not those of this call's next tap (a 3x3x3 kernel's next row reads 6 of its 9
+        rows now), which is in L1 by then."""
         b, c = self.builder, self.const
+        x_base, _, x_next = x_at
         following = b.add(t, c(1))
         last = b.icmp_signed(">=", following, n_taps)
-        x_off = b.load(b.gep(taps, [b.mul(t, c(3))]))
         # (tap t itself where there is no next one: then `last` decides)
-        x_following = b.load(b.gep(taps, [b.mul(b.select(last, t, following), c(3))]))
-        new = b.or_(last, b.icmp_signed("!=", x_following, b.add(x_off, x_next)))
+        x_following = self.tap_entry(taps, b.select(last, t, following), x_base, c(0))[0]
+        new = b.or_(last, b.icmp_signed("!=", b.sub(x_following, x_tap), x_next))
         return b.and_(b.icmp_signed("!=", x_next, c(0)), new)
 
     def prefetch_window(self, x, first, positions, n_vec, vs):
