@@ -269,11 +269,11 @@ def test_blocked_few_output_channels_as_input_phases(dtype, cin, cout, options):
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
     ("float32", 1, 32, 32), ("float32", 64, 1, 1), ("float32", 8, 8, 8), ("float32", 5, 2, 3), ("float64", 1, 3, 20)])
-def test_blocked_large_result_stores(monkeypatch, dtype, groups, cin_g, cout_g, aligned):
-    """Results large enough to bypass the caches (here: every result): streamed (non-temporal stores)
-    into an `out` that starts on a vector boundary where every unit's channels fill whole vectors,
-    else (an `out` one element off, or units of partial vectors) prefetched for writing; dense with
-    taps long enough to prefetch inputs, depthwise sliding, input phases, packed groups."""
+def test_blocked_large_result_stores(monkeypatch, tiny_l2, dtype, groups, cin_g, cout_g, aligned):
+    """Results too large for the caches (here: every result): streamed (non-temporal stores) into an
+    `out` that starts on a cache line where each block of a unit's channels spans whole lines of a
+    pixel, else (an `out` one element off, or blocks of partial lines) prefetched for writing; dense
+    with taps long enough to prefetch inputs, depthwise sliding, input phases, packed groups."""
     monkeypatch.setattr(blocked, "PREFETCH_OUT_BYTES", 0)
     rng = np.random.default_rng(cin_g)
     x = rng.standard_normal((1, 3, 9, 29, groups * cin_g)).astype(dtype)
@@ -285,8 +285,10 @@ def test_blocked_large_result_stores(monkeypatch, dtype, groups, cin_g, cout_g, 
     geometry = conv_geometry(x.shape, w.shape, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1,
                              groups=groups, channel_first=False)
     blocking = blocked._blocking(geometry, np.dtype(dtype))
-    whole_units = (groups * cout_g // blocking.units) % blocked.lanes(dtype) == 0
-    assert blocked._store_mode(out, blocking) == (microkernel.STREAMED if aligned and whole_units
+    unit_bytes = groups * cout_g // blocking.units * out.itemsize
+    block_bytes = unit_bytes if blocking.blocks == 1 else blocking.vectors * blocked.lanes(dtype) * out.itemsize
+    whole_lines = unit_bytes % 64 == 0 and block_bytes % 64 == 0
+    assert blocked._store_mode(out, blocking) == (microkernel.STREAMED if aligned and whole_lines
                                                   else microkernel.PREFETCHED)
     with forced_kernel("blocked"):
         got = nbconv.conv3d(x, w, groups=groups, padding="SAME", backend=BACKEND, out=out)

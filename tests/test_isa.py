@@ -160,19 +160,19 @@ def conformance():
     from tests.support import assert_conv_close
 
     checked = 0
-    usual = blocked.PREFETCH_OUT_BYTES
+    usual = blocked.PREFETCH_OUT_BYTES, blocked.l2_bytes
     for dtype, groups, cin_g, cout_g, options in CONFORMANCE:
         rng = np.random.default_rng(groups * cout_g)
         w = rng.standard_normal((3, 2, 3, cin_g, groups * cout_g)).astype(dtype)
         bias = rng.standard_normal(groups * cout_g).astype(dtype)
         for width in (1, 5, 13, 29):
             x = rng.standard_normal((1, 3, 4, width, groups * cin_g)).astype(dtype)
-            for threshold in (usual, 0):
-                blocked.PREFETCH_OUT_BYTES = threshold
+            for large in (False, True):  # large: too large for the caches, as if L2 had no bytes
+                blocked.PREFETCH_OUT_BYTES, blocked.l2_bytes = (0, lambda: 0) if large else usual
                 got = nbconv.conv3d(x, w, groups=groups, bias=bias, backend="cpu", **options)
                 assert_conv_close(got, x, w, groups=groups, bias=bias, **options)
                 checked += 1
-    blocked.PREFETCH_OUT_BYTES = usual
+    blocked.PREFETCH_OUT_BYTES, blocked.l2_bytes = usual
     for dtype, cin, cout, options in WEIGHT_GRADIENTS:
         rng = np.random.default_rng(cin)
         w = rng.standard_normal((3, 2, 3, cin, cout)).astype(dtype)

@@ -37,19 +37,23 @@ from nbconv import buffers
 from nbconv.config import CACHE
 from nbconv.cpu import launch, parallel
 from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_lines_at, lanes, lines_address, store_fence
-from nbconv.cpu.target import l2_bytes
+from nbconv.cpu.target import CACHE_LINE, l2_bytes
 from nbconv.cpu.tasks import claim
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
 BAND = 8
-# Results this large leave the caches between calls, so the micro-kernel does not wait for their lines
-# to be read before it overwrites them: it streams them past the caches (non-temporal stores), where
-# every whole vector it stores is aligned, else prefetches their lines for writing before it stores
-# (`microkernel._Emitter.prefetch_out`). Same process, against prefetching: AVX2 depthwise_c64
-# 1.10-1.13x, video_c3 1.14-1.15x, AVX-512 1.04-1.08x, dense and dilated unchanged; prefetching gained
-# 1.1-1.2x over plain stores. Smaller results (grouped_g8's 2.1 MB, medical_s2's 3.4 MB) ran 3-6% slower prefetched.
-# The cost: whoever reads a streamed result next finds it in memory, not in the L3 cache.
+# How the micro-kernel stores a result too large to stay in the caches between calls (`_store_mode`),
+# so that it does not wait for the result's lines to be read before it overwrites them. Results larger
+# than one core's L2 (`target.l2_bytes`) are streamed past the caches (non-temporal stores) where each
+# call stores whole lines of every pixel: a line written in parts streams as slow partial writes
+# (lhs_dilated_3's 24-channel pixels, 96 bytes, three residue classes apart: 1.2x slower). Same process
+# on Zen 3, against plain stores: lhs_dilated_2 (3.5 MB) 1.06-1.17x, medical_s2 (3.3 MB) 1.04-1.14x,
+# depthwise_c96 (3.5 MB) 1.09x, grouped_f64 (1.1 MB) 1.02-1.10x; against prefetching: AVX2 depthwise_c64
+# 1.10-1.13x, video_c3 1.14-1.15x, AVX-512 1.04-1.08x. Results of PREFETCH_OUT_BYTES or more that are
+# not streamed have their lines prefetched for writing first (`microkernel._Emitter.prefetch_out`):
+# 1.1-1.2x over plain stores; smaller ones (grouped_g8's 2.1 MB) ran 3-6% slower prefetched. The cost:
+# whoever reads a streamed result next finds it in memory, not in the L3 cache.
 PREFETCH_OUT_BYTES = 4 << 20
 
 
@@ -79,14 +83,20 @@ def conv3d(x, w, bias, geometry, tables, out):
 
 
 def _store_mode(out, blocking):
-    """How the micro-kernel stores `out` (`microkernel.CACHED`...): see PREFETCH_OUT_BYTES. Whole
-    vectors start at multiples of the vector size when `out` does and every unit's channels fill
-    whole vectors (blocks and vectors then follow at multiples of it)."""
-    if out.nbytes < PREFETCH_OUT_BYTES:
-        return CACHED
-    vector, unit_bytes = TARGET.vector_bytes, out.shape[-1] // blocking.units * out.itemsize
-    aligned = out.__array_interface__["data"][0] % vector == 0 and unit_bytes % vector == 0
-    return STREAMED if aligned else PREFETCHED
+    """How the micro-kernel stores `out` (`microkernel.CACHED`...): see PREFETCH_OUT_BYTES."""
+    if out.nbytes >= l2_bytes() and _whole_lines(out, blocking):
+        return STREAMED
+    return PREFETCHED if out.nbytes >= PREFETCH_OUT_BYTES else CACHED
+
+
+def _whole_lines(out, blocking):
+    """Whether each micro-kernel call stores whole cache lines of every pixel: `out` starts on one
+    and every block of a unit's channels spans whole lines (blocks and vectors then follow at
+    multiples of the vector size)."""
+    unit_bytes = out.shape[-1] // blocking.units * out.itemsize
+    block_bytes = blocking.vectors * TARGET.vector_bytes if blocking.blocks > 1 else unit_bytes
+    return out.__array_interface__["data"][0] % CACHE_LINE == 0 and unit_bytes % CACHE_LINE == 0 \
+        and block_bytes % CACHE_LINE == 0
 
 
 class _Blocking(NamedTuple):
