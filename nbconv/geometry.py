@@ -136,6 +136,13 @@ class ConvGeometry:
         return (2 * self.batch * prod(self.out_spatial) * self.out_channels * prod(self.kernel)
                 * self.in_channels // self.groups)
 
+    @cached_property
+    def valid_flops(self):
+        """The flops the kernels do: `flops` without the taps that land on padding or on a zero of
+        input dilation, which they skip (lhs_dilated_2 does an eighth of its `flops`)."""
+        taps = prod(int((table >= 0).sum()) for table in self.tap_tables())
+        return 2 * self.batch * taps * self.out_channels * self.in_channels // self.groups
+
     def tap_tables(self):
         """`tap_index` of the three spatial axes (cached: calls repeat with the same shapes)."""
         return _tap_tables(self)

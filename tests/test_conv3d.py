@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 import nbconv
 from nbconv.cpu import blocked, conv, microkernel
 from nbconv.geometry import conv_geometry
+from nbconv.reference import conv3d_reference
 from tests.support import BACKEND, KERNELS, SIMULATED, assert_conv_close, forced_kernel
 
 MAX_SIZE = 3 if SIMULATED else 7
@@ -60,6 +61,20 @@ def test_matches_reference(kernel, problem):
     with forced_kernel(kernel):
         got = nbconv.conv3d(x, w, backend=BACKEND, **options)
     assert_conv_close(got, x, w, **options)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(problem=conv_problems(dtypes=("float64",)))
+def test_valid_flops_count_the_products_that_read_an_input(problem):
+    """geometry.valid_flops (which sizes a call's slices) against the reference: with x and w all ones
+    and one channel, each output value is the number of its taps that read an input value."""
+    x, w, options = problem
+    taps = {name: options[name] for name in ("stride", "padding", "lhs_dilation", "rhs_dilation")}
+    geometry = conv_geometry(x.shape if x.ndim == 5 else (1, *x.shape), w.shape, groups=options["groups"],
+                             channel_first=options["channel_first"], **taps)
+    ones = conv3d_reference(np.ones((1, *geometry.in_spatial, 1)), np.ones((*geometry.kernel, 1, 1)), **taps)
+    per_sample = 2 * ones.sum() * geometry.out_channels * geometry.in_channels // geometry.groups
+    assert geometry.valid_flops == geometry.batch * per_sample
 
 
 CASES = {

@@ -79,7 +79,7 @@ def conv3d(x, w, bias, geometry, tables, out):
     entry, workers, meta = _launch_args(geometry, x.dtype, get_num_threads(), _store_mode(out, blocking))
     # BAND output rows (n, od, oh...) per task, claimed by the threads (`launch.run_tasks`).
     arrays = (inputs, weights, _gather(bias, bias_index), out, *tables, np.zeros(3, np.int64), meta)
-    launch.run_tasks(entry, workers, arrays, meta[0], geometry.flops)
+    launch.run_tasks(entry, workers, arrays, meta[0], geometry.valid_flops)
 
 
 def _store_mode(out, blocking):

@@ -11,7 +11,8 @@ def _loop_nest(x, w, bias, geometry, tables, out):
     # call back (`threads`); the blocked kernel's threads claim their tasks as they go and need no wake.
     threads.wake()
     rows = out.shape[0] * out.shape[1] * out.shape[2]
-    in_slices(lambda first, end: direct.conv_grouped(x, w, bias, *tables, out, first, end), rows, geometry.flops)
+    in_slices(lambda first, end: direct.conv_grouped(x, w, bias, *tables, out, first, end), rows,
+              geometry.valid_flops)
 
 
 # name -> run(x, w, bias, geometry, tables, out); each computes every convolution.

@@ -76,7 +76,7 @@ def weight_gradient(x, dy, geometry):
     # compiled once for both (each other tuple type cost another 2-3 s of cold compile).
     values = (a.reshape(1, 1, 1, 1, -1) for a in (rows, packed, np.zeros(meta[13], x.dtype), sums))
     arrays = (*values, idx_d, idx_h, w_table.reshape(1, -1), np.zeros(4, np.int64), meta)
-    launch.run_tasks(entry, workers, arrays, meta[0], geometry.flops)
+    launch.run_tasks(entry, workers, arrays, meta[0], geometry.valid_flops)
     return sums[0] if workers == 1 else sums.sum(axis=0)
 
 
