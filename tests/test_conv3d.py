@@ -281,6 +281,30 @@ def test_blocked_few_output_channels_as_input_phases(dtype, cin, cout, options):
     assert_conv_close(nbconv.conv3d(x, w, bias=bias, backend="cpu", **options), x, w, bias=bias, **options)
 
 
+@pytest.mark.parametrize("options", [
+    {"padding": "SAME"}, {"stride": (1, 1, 2), "padding": 1}, {"rhs_dilation": 2, "padding": "SAME"},
+    {"lhs_dilation": (1, 1, 2), "padding": 1}])
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g, volumes", [
+    ("float32", 4, 8, 9, True), ("float64", 3, 3, 9, True), ("float32", 32, 2, 2, True),
+    ("float32", 2, 16, 12, False), ("float32", 1, 5, 20, False)])
+def test_blocked_unit_volumes(dtype, groups, cin_g, cout_g, volumes, options):
+    """Units of short taps (here fewer than 16 input channels a group; on every x86 target one
+    vector of output channels a group, or packed groups whose inputs are interleaved anyway) read x
+    copied into a volume per unit, the others x as it is; both against the reference, with row ends,
+    strides and both dilations."""
+    rng = np.random.default_rng(groups * cin_g)
+    x = rng.standard_normal((2, 3, 5, 13, groups * cin_g)).astype(dtype)
+    w = rng.standard_normal((3, 2, 3, cin_g, groups * cout_g)).astype(dtype)
+    bias = rng.standard_normal(groups * cout_g).astype(dtype)
+    geometry = conv_geometry(x.shape, w.shape, stride=options.get("stride", 1), padding=options["padding"],
+                             lhs_dilation=options.get("lhs_dilation", 1), rhs_dilation=options.get("rhs_dilation", 1),
+                             groups=groups, channel_first=False)
+    assert blocked._blocking(geometry, np.dtype(dtype)).volumes == volumes
+    with forced_kernel("blocked"):
+        got = nbconv.conv3d(x, w, bias=bias, groups=groups, backend=BACKEND, **options)
+    assert_conv_close(got, x, w, bias=bias, groups=groups, **options)
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [
     ("float32", 1, 32, 32), ("float32", 64, 1, 1), ("float32", 8, 8, 8), ("float32", 5, 2, 3), ("float64", 1, 3, 20)])

@@ -10,7 +10,9 @@ with LANES channels or more is K = LANES, plain vector loads, as many vectors as
 power of two) divides the group's input channels, a vector is one group instead, lane c * K + j
 summing channel c over inputs j, j + K... (input phases, added up at the store): as many lanes busy,
 and x read as it is. Such a "unit" (a group, V * K groups, or V groups with phases) has its own input
-channels, packed weights and output channels.
+channels, packed weights and output channels; where x is copied anyway, or several units have short
+taps, each unit's inputs are copied into a volume of their own, so that a row's taps merge with
+several units as with one (`_Blocking.volumes`).
 
 A task is a band of BAND output rows (n, od, oh...); the threads claim runs of tasks as they go
 (`nbconv.cpu.tasks`), a plane's bands in turn or, where the input planes that consecutive planes share
@@ -43,6 +45,9 @@ from nbconv.cpu.tasks import claim
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
 BAND = 8
+# Taps of fewer reduction steps than this (a group's input channels) cost more in their overheads than a
+# copy of x into a volume per unit costs, which makes them merge along a row (`_blocking`'s volumes).
+SHORT_TAP = 16
 # How the micro-kernel stores a result too large to stay in the caches between calls (`_store_mode`),
 # so that it does not wait for the result's lines to be read before it overwrites them. Results larger
 # than one core's L2 (`target.l2_bytes`) are streamed past the caches (non-temporal stores) where each
@@ -74,7 +79,7 @@ def spread_for(geometry, dtype):
 
 def conv3d(x, w, bias, geometry, tables, out):
     blocking, weight_index, bias_index = _packing(geometry, x.dtype)
-    inputs = x if blocking.phases > 1 else group_inputs(x, geometry.groups, blocking.per_unit)
+    inputs = group_inputs(x, blocking.units, blocking.per_unit) if blocking.volumes else x
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
     entry, workers, meta = _launch_args(geometry, x.dtype, get_num_threads(), _store_mode(out, blocking))
     # BAND output rows (n, od, oh...) per task, claimed by the threads (`launch.run_tasks`).
@@ -109,6 +114,7 @@ class _Blocking(NamedTuple):
     units: int  # groups // per_unit
     blocks: int  # blocks of V vectors per unit
     steps: tuple  # (q, x_step) along W and q_h along H, see `_band`
+    volumes: bool  # x copied into a volume per unit (`group_inputs`), else read as it is
     # V, K, G and D (Cin_g with input phases, else 1) as the types of tuples of zeros: each combination
     # compiles only its own code.
     shape: tuple
@@ -141,9 +147,15 @@ def _blocking(geometry, dtype):
     # Residue classes along H and W: rows fall into them as pixels do (input dilation alternates their taps).
     q_h, q = (lhs // gcd(stride, lhs) for stride, lhs in zip(geometry.stride[1:], geometry.lhs_dilation[1:]))
     per_unit = 1 if k == 1 else vectors if phases > 1 else vectors * k
-    return _Blocking(vectors, k, phases, per_unit, groups // per_unit,
-                     -(-cout_g // (vectors * width)) if k == 1 else 1,
-                     (q, q * geometry.stride[2] // geometry.lhs_dilation[2], q_h),
+    units = groups // per_unit
+    # A volume per unit where x is copied anyway (a unit's groups interleaved), and where several units
+    # have short taps: a unit's pixels are then its channels apart, so that a stride-1 row's taps
+    # continue in x and merge (depthwise rows slide). Same process on Zen 3, one and two threads:
+    # grouped_g8 (8 input channels a group) 1.05-1.20x, grouped_g4 0.97-1.20x, depthwise_c96 (2 units)
+    # 1.00-1.06x; grouped_f64's 16 channels a group lost 3-7% to the copy.
+    volumes = phases == 1 and (per_unit > 1 and cin_g > 1 or units > 1 and cin_g < SHORT_TAP)
+    return _Blocking(vectors, k, phases, per_unit, units, -(-cout_g // (vectors * width)) if k == 1 else 1,
+                     (q, q * geometry.stride[2] // geometry.lhs_dilation[2], q_h), volumes,
                      ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1), (0,) * (cin_g if phases > 1 else 1)))
 
 
@@ -206,28 +218,27 @@ def _gather(values, index):
     return out.reshape(index.shape)
 
 
-def group_inputs(x, groups, per_unit):
-    """x with the channels of every unit's groups interleaved (unit, input channel, group), so that
-    one reduction step of a unit reads its inputs side by side."""
-    cin_g = x.shape[-1] // groups
-    if per_unit == 1 or cin_g == 1:
-        return x
-    regrouped = buffers.empty(x.shape, x.dtype)
-    _interleave(x.reshape(-1, groups // per_unit, per_unit, cin_g), regrouped.reshape(-1, groups // per_unit, cin_g,
-                                                                                     per_unit))
+def group_inputs(x, units, per_unit):
+    """x with each unit's input channels in a volume of its own, (N, units, D, H, W, unit's channels),
+    in the order one reduction step reads them: its groups' interleaved (input channel, group)."""
+    cin_g = x.shape[-1] // (units * per_unit)
+    regrouped = buffers.empty((x.shape[0], units, *x.shape[1:-1], per_unit * cin_g), x.dtype)
+    _regroup(x.reshape(x.shape[0], -1, units, per_unit, cin_g),
+             regrouped.reshape(x.shape[0], units, -1, cin_g, per_unit))
     return regrouped
 
 
 @parallel.kernel(cache=CACHE)
-def _interleave(x, out):
-    """out[p, u, i, j] = x[p, u, j, i], in parallel over pixels, reading x in order (NumPy's strided
-    copy took 5x longer, writing `out` in order 1.6x)."""
-    pixels, units, per_unit, cin_g = x.shape
-    for p in prange(pixels):
+def _regroup(x, out):
+    """out[n, u, p, i, j] = x[n, p, u, j, i], in parallel over pixels, reading x in order (NumPy's
+    strided copy took 5x longer, writing `out` in order 1.6x)."""
+    batch, pixels, units, per_unit, cin_g = x.shape
+    for at in prange(batch * pixels):
+        n, p = at // pixels, at % pixels
         for u in range(units):
             for j in range(per_unit):
                 for i in range(cin_g):
-                    out[p, u, i, j] = x[p, u, j, i]
+                    out[n, u, p, i, j] = x[n, p, u, j, i]
 
 
 @lru_cache(maxsize=64)
@@ -249,9 +260,16 @@ def _launch_args(geometry, dtype, threads, mode):
     workers = min(threads, n_tasks)
     meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
                      bias_size, lines_address(blocking.shape, dtype), _planes_first(geometry, dtype),
-                     *geometry.in_spatial, geometry.in_channels, *packed, *tables), np.int64)
+                     *_x_layout(geometry, blocking), *geometry.in_spatial, geometry.in_channels, *packed, *tables),
+                    np.int64)
     meta.flags.writeable = False
     return launch.address(_entry(np.dtype(dtype))), workers, meta
+
+
+def _x_layout(geometry, blocking):
+    """(pixel, unit): how far apart in x consecutive pixels and units start (`_Blocking.volumes`)."""
+    unit = geometry.in_channels // blocking.units
+    return (unit, prod(geometry.in_spatial) * unit) if blocking.volumes else (geometry.in_channels, unit)
 
 
 def _planes_first(geometry, dtype):
@@ -286,10 +304,10 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     made inside the loop would cost atomic reference counts, which the threads contend for."""
     meta = carray(meta_ptr, (_META,))
     n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, q_h, mode, n_bias, family = meta[:14]
-    planes_first = meta[14]
-    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[15:]
+    planes_first, x_pixel, x_unit = meta[14:17]
+    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[17:]
     n_batch = n_tasks // (n_od * bands)
-    strides = (d * h * w * cin, h * w * cin, w * cin, cin)
+    strides = (d * h * w * cin, h * w * x_pixel, w * x_pixel, x_pixel)
     counter = carray(counter_ptr, (3,))
     start, end = counter[1], counter[2]
     arrays = (carray(x_ptr, (n_batch * d * h * w * cin,)),
@@ -304,14 +322,14 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
         for task in range(first, last):
             n, od, oh = _task_rows(task, n_od, bands, planes_first)
             _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), (q, q_h), (x_step * strides[3], q * cout),
-                  n_ow * cout, arrays, packed_shape, (cin, cout), family, mode)
+                  n_ow * cout, arrays, packed_shape, (x_unit, cout), family, mode)
         first, last = claim(counter, last, end, workers)
     if mode == STREAMED:  # this thread's non-temporal stores, visible before the call returns
         store_fence()
 
 
-# meta's length: 15 values, x's sizes after N, packed's 5, the 3 tables' 2 each
-_META = 15 + 4 + 5 + 6
+# meta's length: 15 values, x's layout (2), x's sizes after N, packed's 5, the 3 tables' 2 each
+_META = 15 + 2 + 4 + 5 + 6
 
 
 @njit(inline="always")
@@ -395,11 +413,11 @@ def _run_units(arrays, packed_shape, in_out, family, mode, taps, used, lines, fi
     x, w, bias, y = arrays
     units, blocks, n_taps, cin_g, width = packed_shape
     x_step, y_step, x_line, y_line = steps
-    cin, cout = in_out
-    unit_cin, unit_cout = cin // units, cout // units
+    x_unit, cout = in_out
+    unit_cout = cout // units
     for unit in range(units):
         for block in range(blocks):
-            x_first = first[1] + unit * unit_cin
+            x_first = first[1] + unit * x_unit
             y_first = first[0] * cout + unit * unit_cout + block * width
             stored = min(width, unit_cout - block * width)  # a partial last block stores fewer
             w_at = ((unit * blocks + block) * n_taps * cin_g * width, (unit * blocks + block) * width)
