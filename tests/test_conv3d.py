@@ -397,4 +397,12 @@ def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_
     assert meta[1] == workers and meta[12] == bias.size
     assert meta[13] == microkernel.lines_address(blocking.shape, dtype)
     assert meta[14] == blocked._planes_first(geometry, np.dtype(dtype))
-    assert list(meta[15:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]
+    # x's layout: how far apart (in elements) pixels and units start in the x the call passes
+    x = np.zeros((1, 4, 5, 6, groups * cin_g), dtype)
+    if blocking.volumes:
+        inputs = blocked.group_inputs(x, blocking.units, blocking.per_unit)  # (N, units, D, H, W, channels)
+        layout = [inputs.strides[-2] // x.itemsize, inputs.strides[1] // x.itemsize]
+    else:
+        layout = [x.strides[-2] // x.itemsize, x.shape[-1] // blocking.units]
+    assert list(meta[15:17]) == layout
+    assert list(meta[17:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]
