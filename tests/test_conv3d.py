@@ -400,8 +400,8 @@ def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_
     # x's layout: how far apart (in elements) pixels and units start in the x the call passes
     x = np.zeros((1, 4, 5, 6, groups * cin_g), dtype)
     if blocking.volumes:
-        inputs = blocked.group_inputs(x, blocking.units, blocking.per_unit)  # (N, units, D, H, W, channels)
-        layout = [inputs.strides[-2] // x.itemsize, inputs.strides[1] // x.itemsize]
+        inputs = blocked.group_inputs(x, blocking.units, blocking.per_unit)  # (N * units, D, H, W, channels)
+        layout = [inputs.strides[-2] // x.itemsize, inputs.strides[0] // x.itemsize]
     else:
         layout = [x.strides[-2] // x.itemsize, x.shape[-1] // blocking.units]
     assert list(meta[15:17]) == layout

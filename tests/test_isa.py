@@ -189,12 +189,13 @@ def conformance():
 
 def libm_fma_calls():
     """Calls to fma/fmaf in the machine code of every compiled CPU kernel of nbconv."""
-    from nbconv.cpu import blocked, direct, launch, microkernel, standardize, weight_grad
+    from nbconv.cpu import blocked, direct, launch, microkernel, regroup, standardize, weight_grad
 
-    kernels = [launch.run, blocked._gather, blocked._regroup, direct.conv_grouped, standardize.standardize_columns,
+    kernels = [launch.run, blocked._gather, direct.conv_grouped, standardize.standardize_columns,
                weight_grad._transpose, weight_grad._pack]
     machine_code = [(kernel.__name__, asm) for kernel in kernels for asm in kernel.inspect_asm().values()]
-    compiled = {**{(entry.__module__, dtype): entry(np.dtype(dtype)) for entry in (blocked._entry, weight_grad._entry)
+    entries = (blocked._entry, weight_grad._entry, regroup._entry)
+    compiled = {**{(entry.__module__, dtype): entry(np.dtype(dtype)) for entry in entries
                    for dtype in ("float32", "float64")}, **microkernel.COMPILED}
     machine_code += [(f"{key}", function._library.get_asm_str()) for key, function in compiled.items()]
     assert len(microkernel.COMPILED) > 1, "no kernel family was compiled"

@@ -33,12 +33,12 @@ from math import gcd, prod
 from typing import NamedTuple
 
 import numpy as np
-from numba import carray, get_num_threads, njit, prange
+from numba import carray, get_num_threads, njit
 
-from nbconv import buffers
 from nbconv.config import CACHE
-from nbconv.cpu import launch, parallel
+from nbconv.cpu import launch
 from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_lines_at, lanes, lines_address, store_fence
+from nbconv.cpu.regroup import group_inputs
 from nbconv.cpu.target import CACHE_LINE, l2_bytes
 from nbconv.cpu.tasks import claim
 
@@ -114,7 +114,7 @@ class _Blocking(NamedTuple):
     units: int  # groups // per_unit
     blocks: int  # blocks of V vectors per unit
     steps: tuple  # (q, x_step) along W and q_h along H, see `_band`
-    volumes: bool  # x copied into a volume per unit (`group_inputs`), else read as it is
+    volumes: bool  # x copied into a volume per unit (`regroup.group_inputs`), else read as it is
     # V, K, G and D (Cin_g with input phases, else 1) as the types of tuples of zeros: each combination
     # compiles only its own code.
     shape: tuple
@@ -216,29 +216,6 @@ def _gather(values, index):
     for i in range(where.size):
         out[i] = flat[where[i] - 1] if where[i] > 0 else 0
     return out.reshape(index.shape)
-
-
-def group_inputs(x, units, per_unit):
-    """x with each unit's input channels in a volume of its own, (N, units, D, H, W, unit's channels),
-    in the order one reduction step reads them: its groups' interleaved (input channel, group)."""
-    cin_g = x.shape[-1] // (units * per_unit)
-    regrouped = buffers.empty((x.shape[0], units, *x.shape[1:-1], per_unit * cin_g), x.dtype)
-    _regroup(x.reshape(x.shape[0], -1, units, per_unit, cin_g),
-             regrouped.reshape(x.shape[0], units, -1, cin_g, per_unit))
-    return regrouped
-
-
-@parallel.kernel(cache=CACHE)
-def _regroup(x, out):
-    """out[n, u, p, i, j] = x[n, p, u, j, i], in parallel over pixels, reading x in order (NumPy's
-    strided copy took 5x longer, writing `out` in order 1.6x)."""
-    batch, pixels, units, per_unit, cin_g = x.shape
-    for at in prange(batch * pixels):
-        n, p = at // pixels, at % pixels
-        for u in range(units):
-            for j in range(per_unit):
-                for i in range(cin_g):
-                    out[n, u, p, i, j] = x[n, p, u, j, i]
 
 
 @lru_cache(maxsize=64)
