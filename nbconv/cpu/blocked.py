@@ -150,9 +150,9 @@ def _blocking(geometry, dtype):
     units = groups // per_unit
     # A volume per unit where x is copied anyway (a unit's groups interleaved), and where several units
     # have short taps: a unit's pixels are then its channels apart, so that a stride-1 row's taps
-    # continue in x and merge (depthwise rows slide). Same process on Zen 3, one and two threads:
-    # grouped_g8 (8 input channels a group) 1.05-1.20x, grouped_g4 0.97-1.20x, depthwise_c96 (2 units)
-    # 1.00-1.06x; grouped_f64's 16 channels a group lost 3-7% to the copy.
+    # continue in x and merge (depthwise rows slide). Same process on Zen 3, one and two threads, against
+    # no volumes: grouped_g8 (8 input channels a group) 1.03-1.11x, grouped_g4 1.10-1.21x, depthwise_c96
+    # (2 units) 1.06-1.39x; grouped_f64's 16 channels a group lost 3-7% to the copy.
     volumes = phases == 1 and (per_unit > 1 and cin_g > 1 or units > 1 and cin_g < SHORT_TAP)
     return _Blocking(vectors, k, phases, per_unit, units, -(-cout_g // (vectors * width)) if k == 1 else 1,
                      (q, q * geometry.stride[2] // geometry.lhs_dilation[2], q_h), volumes,
