@@ -153,7 +153,7 @@ def _blocking(geometry, dtype):
     # continue in x and merge (depthwise rows slide). Same process on Zen 3, one and two threads, against
     # no volumes: grouped_g8 (8 input channels a group) 1.03-1.11x, grouped_g4 1.10-1.21x, depthwise_c96
     # (2 units) 1.06-1.39x; grouped_f64's 16 channels a group lost 3-7% to the copy.
-    volumes = phases == 1 and (per_unit > 1 and cin_g > 1 or units > 1 and cin_g < SHORT_TAP)
+    volumes = phases == 1 and ((per_unit > 1 and cin_g > 1) or (units > 1 and cin_g < SHORT_TAP))
     return _Blocking(vectors, k, phases, per_unit, units, -(-cout_g // (vectors * width)) if k == 1 else 1,
                      (q, q * geometry.stride[2] // geometry.lhs_dilation[2], q_h), volumes,
                      ((0,) * vectors, (0,) * k, (0,) * (cout_g if k > 1 else 1), (0,) * (cin_g if phases > 1 else 1)))

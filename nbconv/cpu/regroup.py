@@ -33,6 +33,7 @@ def group_inputs(x, units, per_unit):
     meta.flags.writeable = False
     # 5-D arrays and read-only tables and meta, as the kernels' (`blocked.conv3d`)
     arrays = (x, out, out, out, _NO_TABLE, _NO_TABLE, _NO_TABLE, np.zeros(3, np.int64), meta)
+    # (the elements copied stand for the work that sizes Ctrl-C slices: one launch below 5e8)
     launch.run_tasks(launch.address(_entry(np.dtype(x.dtype))), workers, arrays, rows, x.size)
     return out
 
