@@ -188,7 +188,7 @@ def _sweep_rows(kernel, x, w, groups=1):
     stride, input dilation and padding; with a bias, packed like the weights."""
     bias = np.linspace(-1, 1, w.shape[-1]).astype(w.dtype)
     for options in BLOCK_OPTIONS:
-        for width in (1, 5, 13, 29, 37):
+        for width in (1, 5, 6, 13, 29, 37):
             xs = x[:, :, :, :width]
             with forced_kernel(kernel):
                 got = nbconv.conv3d(xs, w, groups=groups, bias=bias, backend=BACKEND, **options)
@@ -220,8 +220,9 @@ def test_blocked_packed_groups(dtype, groups, cin_g, cout_g):
     with interleaved inputs and lanes reordered into channel order at the store; or, where K (a power
     of two) divides Cin_g, one group per vector with K input phases added up at the store (the last
     six cases: K = 2 and 4, 3 units, 4 of 16 lanes). Depthwise with whole vectors (V = 1..4 of LANES
-    channels) slides a window along stride-1 rows, and reads every tap afresh where strides,
-    dilations or row ends prevent it."""
+    channels) loads each input once along stride-1 rows (a sliding window, or weights held in
+    registers: `target.Blocking.held`), and reads every tap afresh where strides, dilations or row
+    ends prevent it."""
     rng = np.random.default_rng(groups * cout_g)
     _sweep_rows("blocked", rng.standard_normal((1, 2, 3, 37, groups * cin_g)).astype(dtype),
                 rng.standard_normal((2, 2, 3, cin_g, groups * cout_g)).astype(dtype), groups=groups)
@@ -312,7 +313,7 @@ def test_blocked_large_result_stores(monkeypatch, tiny_l2, dtype, groups, cin_g,
     """Results too large for the caches (here: every result): streamed (non-temporal stores) into an
     `out` that starts on a cache line where each block of a unit's channels spans whole lines of a
     pixel, else (an `out` one element off, or blocks of partial lines) prefetched for writing; dense
-    with taps long enough to prefetch inputs, depthwise sliding, input phases, packed groups."""
+    with taps long enough to prefetch inputs, depthwise along stride-1 rows, input phases, packed groups."""
     monkeypatch.setattr(blocked, "PREFETCH_OUT_BYTES", 0)
     rng = np.random.default_rng(cin_g)
     x = rng.standard_normal((1, 3, 9, 29, groups * cin_g)).astype(dtype)

@@ -34,7 +34,7 @@ TARGETS = {(X86, "skylake-avx512"): (64, 32, True), (X86, "znver4"): (64, 32, Tr
 def families(target):
     """Every kind of micro-kernel body for `target`: (dtype, V, K, G, D) of broadcast inputs (K = 1,
     V = 1 .. the most), packed groups (K = 2, 4 with G channels each), input phases (D > 1) and
-    whole-vector inputs (K = LANES, up to `whole_vectors`, with the sliding window)."""
+    whole-vector inputs (K = LANES, up to `whole_vectors`, with the sliding window or held weights)."""
     for dtype in ("float32", "float64"):
         lanes = target.lanes(dtype)
         for v in range(1, target.max_vectors + 1):
@@ -132,8 +132,9 @@ def test_reduction_loops_fit_the_registers(key):
 
 # The compact set: (dtype, groups, Cin_g, Cout_g, options) through every family the targets pick
 # (K = 1 with 1, 2 and up to 4 vectors and a partial block; packed groups; input phases; depthwise
-# sliding and not; the plain loop nest for 2 channels a group), along rows of 1, 5, 13 and 29
-# pixels (every pixel-block remainder), in both dtypes.
+# on stride-1 rows (a window, or held weights) and not; the plain loop nest for 2 channels a group),
+# along rows of WIDTHS pixels (pixel-block remainders), in both dtypes.
+WIDTHS = (1, 5, 6, 13, 29)
 CONFORMANCE = [
     ("float32", 1, 3, 5, {"padding": "SAME"}), ("float32", 1, 2, 33, {"stride": (1, 1, 2), "padding": 1}),
     ("float32", 1, 4, 70, {"rhs_dilation": 2, "padding": "SAME"}), ("float32", 4, 2, 4, {"padding": "SAME"}),
@@ -165,7 +166,7 @@ def conformance():
         rng = np.random.default_rng(groups * cout_g)
         w = rng.standard_normal((3, 2, 3, cin_g, groups * cout_g)).astype(dtype)
         bias = rng.standard_normal(groups * cout_g).astype(dtype)
-        for width in (1, 5, 13, 29):
+        for width in WIDTHS:
             x = rng.standard_normal((1, 3, 4, width, groups * cin_g)).astype(dtype)
             for large in (False, True):  # large: too large for the caches, as if L2 had no bytes
                 blocked.PREFETCH_OUT_BYTES, blocked.l2_bytes = (0, lambda: 0) if large else usual
@@ -176,7 +177,7 @@ def conformance():
     for dtype, cin, cout, options in WEIGHT_GRADIENTS:
         rng = np.random.default_rng(cin)
         w = rng.standard_normal((3, 2, 3, cin, cout)).astype(dtype)
-        for width in (1, 5, 13, 29):
+        for width in WIDTHS:
             x = rng.standard_normal((2, 3, 4, width, cin)).astype(dtype)
             dy = rng.standard_normal(nbconv.conv3d(x, w, **options).shape).astype(dtype)
             want = conv3d_vjp_reference(x, w, dy, **options)[1]
@@ -214,7 +215,7 @@ def test_conformance_on_target(cpu, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     print(result.stdout)
     checked = int(re.search(r"(\d+) convolutions", result.stdout).group(1))
-    assert checked == 8 * len(CONFORMANCE) + 4 * len(WEIGHT_GRADIENTS), result.stdout
+    assert checked == len(WIDTHS) * (2 * len(CONFORMANCE) + len(WEIGHT_GRADIENTS)), result.stdout
 
 
 def main(argv):

@@ -21,7 +21,7 @@ own K groups, the V * K inputs of one reduction step side by side in x (S = V * 
 interleaves them). Or slots are input phases (D > 1: the group's input channels): each vector is one
 group, lane c * K + j summing its inputs j, j + K, j + 2K... (S = K), so x needs no interleaving.
 Only x_step is a run-time stride, so a pixel needs one address register. x_next is how much further
-in x the next call reads (0: no next call), whose new inputs a sliding window prefetches.
+in x the next call reads (0: no next call), whose new inputs the variant below prefetches.
 
 Pixel p's channels go to y[y_base + p * y_step + c] for c < channels, in order: a K = 1 vector v holds
 c = v * LANES + l; a vector of K groups is reordered group by group (c = v * K * G + j * G + c'); a
@@ -36,15 +36,16 @@ AVX-512, 8 on AVX2, 4 on SSE and NEON), multiplied and added by ``llvm.fmuladd``
 target has one, a multiply and an add where not: never a call to libm's fma). Each (V, K, G, D)
 compiles separately, with only its own bodies. P is a run-time value: the IR holds one unrolled body
 per pixel count of the target's `pixels[V]` (`whole[V]` with K = LANES) behind a switch; with K =
-LANES, bodies of the target's `sliding` pixel counts also hold a sliding-window variant, taken when
-x_step = S (`_Emitter.slide`).
+LANES, bodies also hold a variant that loads each input vector once for all the pixels it serves,
+taken when x_step = S: for taps of the target's `held` steps or fewer, with their weights in
+registers (`_Emitter.hold`); else, for its `sliding` pixel counts, a sliding window (`_Emitter.slide`).
 `bias` must have V * LANES readable values from `bias_base`. `tile_module` emits the same bodies as a
 plain LLVM module for any target, to read their machine code (tests/test_isa.py). The kernels call a
 family's bodies through a C function (`lines_address`, `fma_lines_at`), so that everything around
 them compiles once for every family.
 """
 import hashlib
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numba
@@ -78,9 +79,11 @@ def _fma_tile_python(vectors, spread, group, phased, remaining, x, x_at, taps, n
     """fma_tile's arithmetic in NumPy (NUMBA_DISABLE_JIT=1): the formula of this module's docstring."""
     n_vec, k, g, d = len(vectors), len(spread), len(group), len(phased)
     width, phased = lanes(x.dtype), d > 1 and k > 1
-    pixels = max(n for n in TARGET.pixel_counts(n_vec, _whole(width, k, phased)) if n <= remaining)
     (x_base, x_step, _), (w_base, bias_base), (y_base, y_step, channels, _) = x_at, w_at, y_at
     step, apart = _input_steps(n_vec, k, d)
+    whole = _whole(width, k, phased)
+    held = whole and x_step == step and 0 < n_taps and 0 < taps[0, 2] <= TARGET.blocking.held  # `_Emitter.holds`
+    pixels = max(n for n in TARGET.pixel_counts(n_vec, whole, held) if n <= remaining)
     lane, vector = np.arange(width), np.arange(n_vec)[:, None]
     for p in range(pixels):
         acc = bias[bias_base + vector * width + lane].astype(x.dtype)
@@ -284,24 +287,54 @@ class _Emitter:
 
     def tile(self, n_vec, remaining, data, taps, n_taps, x_at, w_base, y_at, bias_base):
         """The most pixels of the target's counts for n_vec vectors that `remaining` (>= 1) allows,
-        and a switch on them to one body per count; -> that count."""
-        builder = self.builder
-        pixels = self.const(1)
-        for n_pix in reversed(self.pixel_counts(n_vec)):
-            pixels = builder.select(builder.icmp_signed(">=", remaining, self.const(n_pix)), self.const(n_pix), pixels)
-        done = builder.append_basic_block("fma_done")
-        switch = builder.switch(pixels, done)
-        for n_pix in self.pixel_counts(n_vec):
-            block = builder.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
+        and a switch on them to one body per count; -> that count. On targets that hold weights
+        (`target.Blocking.held`), whole-vector inputs one step apart whose taps are short enough
+        (`holds`) take bodies that hold them."""
+        b = self.builder
+        operands = (n_vec, data, taps, n_taps, x_at, w_base, y_at, bias_base)
+        if not (self.whole and self.blocking.held):
+            return self.switch(self.pixel_counts(n_vec), remaining, self.body, operands)
+        pixels = cgutils.alloca_once(b, remaining.type)
+        with b.if_else(self.holds(n_vec, taps, n_taps, x_at)) as (short, other):
+            with short:
+                b.store(self.switch(self.pixel_counts(n_vec, held=True), remaining, partial(self.body, held=True),
+                                    operands), pixels)
+            with other:
+                b.store(self.switch(self.pixel_counts(n_vec), remaining, self.body, operands), pixels)
+        return b.load(pixels)
+
+    def switch(self, counts, remaining, body, operands):
+        """The most of `counts` (largest first) that `remaining` allows, and a switch on it to
+        body(n_vec, count, *rest) of each, operands = (n_vec, *rest); -> that count."""
+        b, c = self.builder, self.const
+        n_vec, *rest = operands
+        pixels = c(1)
+        for n_pix in reversed(counts):
+            pixels = b.select(b.icmp_signed(">=", remaining, c(n_pix)), c(n_pix), pixels)
+        done = b.append_basic_block("fma_done")
+        switch = b.switch(pixels, done)
+        for n_pix in counts:
+            block = b.append_basic_block(f"fma_v{n_vec}_p{n_pix}")
             switch.add_case(ir.Constant(pixels.type, n_pix), block)
-            builder.position_at_end(block)
-            self.body(n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base)
-            builder.branch(done)
-        builder.position_at_end(done)
+            b.position_at_end(block)
+            body(n_vec, n_pix, *rest)
+            b.branch(done)
+        b.position_at_end(done)
         return pixels
 
-    def pixel_counts(self, n_vec):
-        return self.target.pixel_counts(n_vec, whole=self.whole)
+    def holds(self, n_vec, taps, n_taps, x_at):
+        """Whether pixels read one step apart (x_step = S) and the first tap has `held` steps or fewer:
+        the taps of a depthwise row are as long as each other (KW, or the part of it inside the
+        input). Longer taps slide a window, which loads fewer inputs for them (5x5x5 and 7x7x7 ran up
+        to 5% and 10% slower held); `hold` is right for any length."""
+        b, c = self.builder, self.const
+        apart = b.icmp_signed("==", x_at[1], c(n_vec * self.spread))
+        first = b.load(b.gep(taps, [c(2)]))  # taps holds a row's worth of entries even where n_taps = 0
+        short = b.and_(b.icmp_signed(">", n_taps, c(0)), b.icmp_signed("<=", first, c(self.blocking.held)))
+        return b.and_(apart, short)
+
+    def pixel_counts(self, n_vec, held=False):
+        return self.target.pixel_counts(n_vec, whole=self.whole, held=held)
 
     @property
     def whole(self):
@@ -323,13 +356,17 @@ class _Emitter:
         mask = ir.Constant(ir.VectorType(ir.IntType(32), self.width), [lane % k for lane in range(self.width)])
         return b.shuffle_vector(values, ir.Constant(part, ir.Undefined), mask)
 
-    def body(self, n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base):
+    def body(self, n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base, held=False):
+        """P pixels x n_vec vectors; `held`: whole-vector inputs one step apart, their weights held
+        (`tile`)."""
         b, c = self.builder, self.const
         with b.if_then(b.icmp_signed("==", y_at[3], c(PREFETCHED))):
             self.prefetch_out(data["y"], y_at, n_vec, n_pix)
         operands = (n_vec, n_pix, data, taps, n_taps, x_at, w_base, y_at, bias_base)
         fewest, most = self.blocking.sliding
-        if self.whole and fewest <= n_pix <= most:
+        if held:
+            self.chunks(self.hold, self.together(n_vec, n_pix + self.blocking.held), *operands)
+        elif self.whole and fewest <= n_pix <= most:
             # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
             slides = b.icmp_signed("==", x_at[1], c(n_vec * self.spread))
             with b.if_else(slides) as (window, plain):
@@ -347,8 +384,8 @@ class _Emitter:
         b, c = self.builder, self.const
         # An FMA waits ~4 cycles for its accumulator and two issue per cycle, so 8 independent chains
         # keep the pipes full; small blocks (row ends) get extra accumulator sets, used in turn by
-        # consecutive reduction steps and summed at the end (the sliding window uses one).
-        sets = 1 if reduce == self.slide else max(1, self.blocking.chains // (n_pix * size))
+        # consecutive reduction steps and summed at the end (inputs loaded once use one).
+        sets = 1 if reduce in (self.slide, self.hold) else max(1, self.blocking.chains // (n_pix * size))
         acc = [[[cgutils.alloca_once(b, self.vec) for _ in range(size)] for _ in range(n_pix)] for _ in range(sets)]
         x_base, x_step, x_next = x_at
         y_base, y_step, channels, mode = y_at
@@ -369,9 +406,9 @@ class _Emitter:
         """Vectors reduced in one pass: all of them where they share their inputs. Vectors of
         whole-vector inputs (K = LANES) are independent, and a unit may have more of them than the
         registers hold at P pixels (a depthwise unit spans up to `target.WHOLE_VECTOR_BYTES` of
-        channels, so that its taps merge and slide): as many as leave `per_vector` registers to each
-        (P accumulators and a weight; a sliding window P more) beside one input (and, without FMA, the
-        product), and divide n_vec."""
+        channels, so that its taps merge): as many as leave `per_vector` registers to each (P
+        accumulators and a weight; a sliding window P more; or the weights of `held` steps) beside
+        one input (and, without FMA, the product), and divide n_vec."""
         if not self.whole:
             return n_vec
         most = max(1, min(n_vec, self.free_registers // per_vector))
@@ -470,6 +507,39 @@ class _Emitter:
                         b.store(b.call(self.fma, [b.load(window[p][v]), weight, b.load(acc[p][v])]), acc[p][v])
                     for p in range(n_pix - 1):
                         b.store(b.load(window[p + 1][v]), window[p][v])
+
+    def hold(self, acc, n_vec, vs, n_pix, data, taps, n_taps, x_at, w_base):
+        """acc[0][p][v] += the taps' products for the vectors `vs` of n_vec when pixel p + 1 reads at
+        step i what pixel p reads at step i + 1 (x_step = S, K = LANES), `held` = H steps at a time:
+        their H weights held in registers, each of their P + H - 1 input vectors loaded once and
+        multiplied into every pixel it serves. As many loads as a sliding window's where a tap has
+        H steps or fewer (a 3x3x3 kernel's rows), and no window to shift: the registers it would take
+        hold more vectors instead (`target.Blocking.held`)."""
+        b, c, held = self.builder, self.const, self.blocking.held
+        x_next = x_at[2]
+        with cgutils.for_range(b, n_taps) as tap:
+            x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_at[0], w_base)
+            with b.if_then(self.new_next(taps, tap.index, n_taps, x_at, x_tap)):
+                self.prefetch_window(data["x"], b.add(x_tap, x_next), b.add(length, c(n_pix - 1)), n_vec, vs)
+            # Runs of H steps, the last of those left, in one loop whose body switches on the run's
+            # length (with whole runs in a loop and the rest after it, LLVM unrolled that loop twice,
+            # and a vector of 8 pixels spilled).
+            with cgutils.for_range_slice(b, c(0), length, c(held)) as (first, _):
+                at = (b.add(x_tap, b.mul(first, c(n_vec * self.spread))),
+                      b.add(w_tap, b.mul(first, c(n_vec * self.width))))
+                self.switch(range(held, 0, -1), b.sub(length, first),
+                            lambda _, steps: self.serve(acc[0], steps, n_vec, vs, n_pix, data, *at), (n_vec,))
+
+    def serve(self, acc, steps, n_vec, vs, n_pix, data, x_first, w_first):
+        """acc[p][v] += the products of `steps` reduction steps from x_first and w_first whose pixels
+        read one step apart: input j serves pixel j - s at step s."""
+        b, c, width, k = self.builder, self.const, self.width, self.spread
+        for v in vs:
+            weights = [self.load_vector(data["w"], b.add(w_first, c((s * n_vec + v) * width))) for s in range(steps)]
+            for j in range(n_pix + steps - 1):
+                value = self.load_vector(data["x"], b.add(x_first, c((j * n_vec + v) * k)))
+                for s in range(max(0, j - n_pix + 1), min(steps, j + 1)):
+                    b.store(b.call(self.fma, [value, weights[s], b.load(acc[j - s][v])]), acc[j - s][v])
 
     def new_next(self, taps, t, n_taps, x_at, x_tap):
         """Whether tap t's inputs in the next call (x_next = x_at[2] further, 0: none; this call's at

@@ -42,9 +42,22 @@ L2_FALLBACK = 512 << 10
 # - `whole`: the same for whole-vector units (depthwise, K = LANES), where it differs from `pixels`:
 #   their vectors are reduced a few at a time (`microkernel._Emitter.together`), so more of them do
 #   not take registers from their pixels (AVX2 keeps 6 pixels for 3 vectors and more).
-# - `sliding`: fewest and most pixels of a sliding-window body, whose accumulators and input windows
-#   take two registers each (at most 8 beside AArch64's spare ones). Without FMA (SSE, AVX) the
-#   4-pixel body, which LLVM unrolls twice, spilled an accumulator in float64: from 5 pixels there.
+# - `held`, `held_pixels`, `sliding`: how a whole-vector body loads each input once for all the pixels
+#   it serves where they read one reduction step apart (stride-1 depthwise rows; `microkernel.
+#   _Emitter.tile`). Taps of `held` steps or fewer (a 3x3x3 kernel's rows) hold their weights in
+#   registers, each input multiplied into every pixel it serves (`_Emitter.hold`), in bodies of
+#   `held_pixels[V]` pixels; longer taps (and every tap where `held` is 0) slide a window of P
+#   inputs along the row in the bodies of `sliding` = (fewest, most) pixels (`_Emitter.slide`),
+#   whose accumulators and windows take two registers each (at most 8 beside AArch64's spare ones;
+#   without FMA the 4-pixel body, which LLVM unrolls twice, spilled an accumulator in float64: from
+#   5 pixels there). On 16 registers a window leaves one vector per pass at 6 pixels, half of AVX2's
+#   64-byte line, whose other half the next pass loads again; 3 weights leave two vectors of 4
+#   pixels, a whole line, with as many loads for a tap of 3 steps and no window to shift (Zen 3, same
+#   process, one and two threads, against the window: depthwise_c64 1.13-1.28x, 3x3x3 of 8-128
+#   channels 1.00-1.10x, SSE4.2 forced 1.20x). Held, longer taps load more than a window does
+#   (7x7x7 ran 0.86-0.98x, 5x5x5 0.96-1.11x), hence the length. On 32 registers a window leaves 12
+#   pixels a vector, a whole line on AVX-512: `held` is 0 there, as when the README's AVX-512
+#   figures were measured.
 # - `spare`: registers left free beside the operands when whole-vector inputs are reduced a few
 #   vectors at a time (`microkernel._Emitter.together`, `.slide`): the early loads' on AArch64, where
 #   4 spare still spilled an accumulator of 5 vectors x 4 pixels.
@@ -57,21 +70,25 @@ class Blocking(NamedTuple):
     spare: int
     chains: int
     whole: dict = None  # None: as `pixels`
+    held: int = 0  # 0: always slide a window (`sliding`)
+    held_pixels: dict = None
 
 
 # A unit of whole-vector inputs (depthwise, K = LANES) spans up to this many bytes of channels, however
 # many vectors that takes (4 on AVX-512, 8 on AVX2, 16 on SSE and NEON: 64 float32 channels), reduced
 # a few vectors at a time (`microkernel._Emitter.together`): where a unit holds all the channels, the
-# taps of a stride-1 row continue in x, merge, and slide (`_Emitter.slide`: one load per step).
+# taps of a stride-1 row continue in x and merge, their inputs loaded once (`Blocking.held`).
 WHOLE_VECTOR_BYTES = 256
 
 # (architecture, vector registers, FMA) -> Blocking
 _X86_16 = {1: (12, 8, 4, 2, 1), 2: (6, 4, 2, 1)}
+_X86_16_HELD = {1: (12, 8, 4, 2, 1), 2: (4, 2, 1)}
 BLOCKING = {
     ("x86_64", 32, True): Blocking({1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)},
                                    (4, 12), 0, 8),
-    ("x86_64", 16, True): Blocking({**_X86_16, 2: (6, 5, 4, 3, 2, 1), 3: (4, 3, 2, 1)}, (4, 6), 0, 8, _X86_16),
-    ("x86_64", 16, False): Blocking(_X86_16, (5, 6), 0, 8),
+    ("x86_64", 16, True): Blocking({**_X86_16, 2: (6, 5, 4, 3, 2, 1), 3: (4, 3, 2, 1)}, (4, 6), 0, 8, _X86_16, 3,
+                                   _X86_16_HELD),
+    ("x86_64", 16, False): Blocking(_X86_16, (5, 6), 0, 8, None, 3, _X86_16_HELD),
     ("aarch64", 32, True): Blocking({1: (16, 8, 4, 2, 1), 2: (8, 4, 2, 1), 3: (6, 4, 2, 1), 4: (6, 4, 2, 1)},
                                     (4, 8), 8, 8),
 }
@@ -130,10 +147,11 @@ class Target(NamedTuple):
         """Most vectors of one micro-kernel call of whole-vector inputs."""
         return max(self.max_vectors, WHOLE_VECTOR_BYTES // self.vector_bytes)
 
-    def pixel_counts(self, vectors, whole=False):
+    def pixel_counts(self, vectors, whole=False, held=False):
         """Pixel counts of the micro-kernel bodies for `vectors` vectors (of whole-vector inputs:
-        `whole`), largest first."""
-        table = self.blocking.whole or self.blocking.pixels if whole else self.blocking.pixels
+        `whole`; those that hold their weights: `held`), largest first."""
+        blocking = self.blocking
+        table = blocking.held_pixels if held else blocking.whole or blocking.pixels if whole else blocking.pixels
         return table[min(vectors, max(table))]
 
     def describe(self):
