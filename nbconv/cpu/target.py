@@ -53,7 +53,7 @@ L2_FALLBACK = 512 << 10
 #   5 pixels there). On 16 registers a window leaves one vector per pass at 6 pixels, half of AVX2's
 #   64-byte line, whose other half the next pass loads again; 3 weights leave two vectors of 4
 #   pixels, a whole line, with as many loads for a tap of 3 steps and no window to shift (Zen 3, same
-#   process, one and two threads, against the window: depthwise_c64 1.13-1.28x, 3x3x3 of 8-128
+#   process, one and two threads, against the window: depthwise_c64 1.06-1.28x, 3x3x3 of 8-128
 #   channels 1.00-1.10x, SSE4.2 forced 1.20x). Held, longer taps load more than a window does
 #   (7x7x7 ran 0.86-0.98x, 5x5x5 0.96-1.11x), hence the length. On 32 registers a window leaves 12
 #   pixels a vector, a whole line on AVX-512: `held` is 0 there, as when the README's AVX-512
