@@ -82,7 +82,7 @@ def _fma_tile_python(vectors, spread, group, phased, remaining, x, x_at, taps, n
     (x_base, x_step, _), (w_base, bias_base), (y_base, y_step, channels, _) = x_at, w_at, y_at
     step, apart = _input_steps(n_vec, k, d)
     whole = _whole(width, k, phased)
-    held = whole and x_step == step and 0 < n_taps and 0 < taps[0, 2] <= TARGET.blocking.held  # `_Emitter.holds`
+    held = whole and x_step == step and 0 < n_taps and taps[0, 2] <= TARGET.blocking.held  # `_Emitter.holds`
     pixels = max(n for n in TARGET.pixel_counts(n_vec, whole, held) if n <= remaining)
     lane, vector = np.arange(width), np.arange(n_vec)[:, None]
     for p in range(pixels):
@@ -328,10 +328,15 @@ class _Emitter:
         input). Longer taps slide a window, which loads fewer inputs for them (5x5x5 and 7x7x7 ran up
         to 5% and 14% slower held, same process on Zen 3); `hold` is right for any length."""
         b, c = self.builder, self.const
-        apart = b.icmp_signed("==", x_at[1], c(n_vec * self.spread))
+        apart = self.steps_apart(n_vec, x_at[1])
         first = b.load(b.gep(taps, [c(2)]))  # taps holds a row's worth of entries even where n_taps = 0
         short = b.and_(b.icmp_signed(">", n_taps, c(0)), b.icmp_signed("<=", first, c(self.blocking.held)))
         return b.and_(apart, short)
+
+    def steps_apart(self, n_vec, x_step):
+        """Whether consecutive pixels read one reduction step apart (x_step = S: a stride-1 row of
+        whole-vector inputs), so that pixel p + 1 reads at step i what pixel p reads at step i + 1."""
+        return self.builder.icmp_signed("==", x_step, self.const(n_vec * self.spread))
 
     def pixel_counts(self, n_vec, held=False):
         return self.target.pixel_counts(n_vec, whole=self.whole, held=held)
@@ -368,8 +373,7 @@ class _Emitter:
             self.chunks(self.hold, self.together(n_vec, n_pix + self.blocking.held), *operands)
         elif self.whole and fewest <= n_pix <= most:
             # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
-            slides = b.icmp_signed("==", x_at[1], c(n_vec * self.spread))
-            with b.if_else(slides) as (window, plain):
+            with b.if_else(self.steps_apart(n_vec, x_at[1])) as (window, plain):
                 with window:
                     self.chunks(self.slide, self.together(n_vec, 2 * n_pix + 1), *operands)
                 with plain:
@@ -489,11 +493,8 @@ class _Emitter:
         b, c, width, k = self.builder, self.const, self.width, self.spread
         acc = acc[0]
         window = [[cgutils.alloca_once(b, self.vec) for _ in vs] for _ in range(n_pix)]
-        x_next = x_at[2]
         with cgutils.for_range(b, n_taps) as tap:
-            x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_at[0], w_base)
-            with b.if_then(self.new_next(taps, tap.index, n_taps, x_at, x_tap)):
-                self.prefetch_window(data["x"], b.add(x_tap, x_next), b.add(length, c(n_pix - 1)), n_vec, vs)
+            x_tap, w_tap, length = self.row_tap(taps, tap.index, n_taps, x_at, w_base, data["x"], n_vec, vs, n_pix)
             for p in range(n_pix - 1):
                 for v in vs:
                     b.store(self.load_vector(data["x"], b.add(x_tap, c(p * n_vec * k + v * k))), window[p][v])
@@ -516,11 +517,8 @@ class _Emitter:
         H steps or fewer (a 3x3x3 kernel's rows), and no window to shift: the registers it would take
         hold more vectors instead (`target.Blocking.held`)."""
         b, c, held = self.builder, self.const, self.blocking.held
-        x_next = x_at[2]
         with cgutils.for_range(b, n_taps) as tap:
-            x_tap, w_tap, length = self.tap_entry(taps, tap.index, x_at[0], w_base)
-            with b.if_then(self.new_next(taps, tap.index, n_taps, x_at, x_tap)):
-                self.prefetch_window(data["x"], b.add(x_tap, x_next), b.add(length, c(n_pix - 1)), n_vec, vs)
+            x_tap, w_tap, length = self.row_tap(taps, tap.index, n_taps, x_at, w_base, data["x"], n_vec, vs, n_pix)
             # Runs of H steps, the last of those left, in one loop whose body switches on the run's
             # length (with whole runs in a loop and the rest after it, LLVM unrolled that loop twice,
             # and a vector of 8 pixels spilled).
@@ -540,6 +538,16 @@ class _Emitter:
                 value = self.load_vector(data["x"], b.add(x_first, c((j * n_vec + v) * k)))
                 for s in range(max(0, j - n_pix + 1), min(steps, j + 1)):
                     b.store(b.call(self.fma, [value, weights[s], b.load(acc[j - s][v])]), acc[j - s][v])
+
+    def row_tap(self, taps, t, n_taps, x_at, w_base, x, n_vec, vs, n_pix):
+        """`tap_entry` of tap t where pixels read one step apart (`slide`, `hold`), after prefetching
+        the inputs of the vectors `vs` that the next call reads through this tap and no tap of this
+        call does (`new_next`)."""
+        b = self.builder
+        x_tap, w_tap, length = self.tap_entry(taps, t, x_at[0], w_base)
+        with b.if_then(self.new_next(taps, t, n_taps, x_at, x_tap)):
+            self.prefetch_window(x, b.add(x_tap, x_at[2]), b.add(length, self.const(n_pix - 1)), n_vec, vs)
+        return x_tap, w_tap, length
 
     def new_next(self, taps, t, n_taps, x_at, x_tap):
         """Whether tap t's inputs in the next call (x_next = x_at[2] further, 0: none; this call's at
