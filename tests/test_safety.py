@@ -99,6 +99,9 @@ from nbconv import config
 from nbconv.cpu import launch, tasks
 from nbconv.reference import conv3d_reference
 tasks.FIRST_SLICE_FLOPS = 1.0  # slices of one task's work, however fast this machine is
+# Python's Ctrl-C handler, as in a terminal: a process started with SIGINT ignored (a background job
+# of a script, nohup, some CI runners) keeps it ignored, and the signal below would be lost.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 KERNEL, = {kernel!r}
 config.CPU_KERNEL = KERNEL
 target = launch if KERNEL == "blocked" else __import__("nbconv.cpu.direct", fromlist=["x"])
