@@ -1,4 +1,4 @@
-"""asv benchmarks: every public workload (nbconv/workloads.json) on the CPU and its gradients, the layers,
+"""asv benchmarks: every public workload (nbconv/tools/workloads.json) on the CPU and its gradients, the layers,
 first-call compile time, and CUDA (skipped where no GPU is present). Kernels are warmed in `setup`, so that
 `asv run --quick` (one call) never times compilation."""
 import os
@@ -10,8 +10,8 @@ import time
 import numpy as np
 
 import nbconv
-from nbconv.timing import median_seconds
-from nbconv.workloads import load_workloads
+from nbconv.tools.timing import median_seconds
+from nbconv.tools.workloads import load_workloads
 
 WORKLOADS = load_workloads()
 NAMES = list(WORKLOADS)

@@ -1,5 +1,8 @@
-"""nbconv: Numba-compiled direct 3-D convolution with the semantics of jax.lax.conv_general_dilated,
-and layers that behave like brainstate.nn.Conv3d / ScaledWSConv3d."""
+"""nbconv: Numba-compiled direct 3-D convolution for NumPy.
+
+The semantics of ``jax.lax.conv_general_dilated``, and layers that behave like
+``brainstate.nn.Conv3d`` / ``ScaledWSConv3d``.
+"""
 from numba import get_num_threads, set_num_threads
 
 from nbconv import init
@@ -11,4 +14,4 @@ from nbconv.layers import Conv3d, ParamState, ScaledWSConv3d
 __all__ = ["conv3d", "weight_standardization", "conv3d_vjp", "weight_standardization_vjp",
            "Conv3d", "ScaledWSConv3d", "ParamState", "init",
            "BackendUnavailableError", "set_num_threads", "get_num_threads"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

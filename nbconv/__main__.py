@@ -1,15 +1,16 @@
 """`python -m nbconv`: convolve the seed example shapes on the CPU and report what was achieved.
-`python -m nbconv bench ...`: the peer comparison (see nbconv/compare.py).
-`python -m nbconv volume ...`: a layer over a Zarr volume on a dask.distributed cluster (nbconv/volume.py).
-`python -m nbconv train ...`: a two-layer network trained in NumPy with the layers' vjp (nbconv/training.py)."""
+`python -m nbconv bench ...`: the peer comparison (see nbconv/tools/bench.py).
+`python -m nbconv volume ...`: a layer over a Zarr volume on a dask.distributed cluster (nbconv/tools/volume.py).
+`python -m nbconv train ...`: a two-layer network trained in NumPy with the layers' vjp (nbconv/tools/training.py)."""
 import argparse
 import sys
 import time
+from functools import partial
 
 import nbconv
 from nbconv.cpu.microkernel import TARGET
-from nbconv.timing import median_seconds
-from nbconv.workloads import SEED_CASES, load_workloads
+from nbconv.tools.timing import median_seconds
+from nbconv.tools.workloads import SEED_CASES, load_workloads
 
 
 def run_seed_cases(names=SEED_CASES):
@@ -24,26 +25,26 @@ def run_seed_cases(names=SEED_CASES):
         start = time.perf_counter()
         y = nbconv.conv3d(x, w, backend="cpu", **wl.options)
         first = time.perf_counter() - start
-        fresh = median_seconds(lambda: nbconv.conv3d(x, w, backend="cpu", **wl.options))
-        reused = median_seconds(lambda: nbconv.conv3d(x, w, backend="cpu", out=y, **wl.options))
+        fresh = median_seconds(partial(nbconv.conv3d, x, w, backend="cpu", **wl.options))
+        reused = median_seconds(partial(nbconv.conv3d, x, w, backend="cpu", out=y, **wl.options))
         flops = wl.flops / 1e9
         print(f"{name:<14}{str(x.shape):<21}{str(y.shape):<22}{first * 1e3:>9.1f}ms{fresh * 1e3:>8.2f}ms"
               f"{flops / fresh:>8.1f}{reused * 1e3:>9.2f}ms{flops / reused:>8.1f}")
     print("first call: compilation (or loading Numba's on-disk cache) and one run. median: of 5 timed\n"
           "runs after it, each returning a new array (from 4 MiB on in the memory of the dropped one:\n"
-          "README, Performance); with out=: writing into the same array.")
+          "docs/performance.md); with out=: writing into the same array.")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from nbconv.compare import main as bench
+        from nbconv.tools.bench import main as bench
         return bench(argv[1:])
     if argv[:1] == ["volume"]:
-        from nbconv.volume import main as volume
+        from nbconv.tools.volume import main as volume
         return volume(argv[1:])
     if argv[:1] == ["train"]:
-        from nbconv.training import main as train
+        from nbconv.tools.training import main as train
         return train(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m nbconv", description=__doc__)
     parser.add_argument("cases", nargs="*", default=list(SEED_CASES),

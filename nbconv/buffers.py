@@ -1,16 +1,15 @@
 """Large result arrays whose memory is used again once the caller has dropped them.
 
-A fresh array of many megabytes costs page faults where it is first written: on these VMs about 3 us
-per 4 KiB page, or stalls of tens of milliseconds when NumPy's huge-page advice meets memory the
-kernel must first compact (video_c3's 33.5 MB result took 4 to 50 ms to fault in, against 4 ms of
-arithmetic). glibc keeps freed blocks below 32 MB for the next allocation, but hands larger ones back
-to the kernel. So results of MIN_BYTES or more are views of a few buffers kept here; a buffer is
-handed out again only when no array views it any more (every view's ``.base`` is the buffer, so its
-reference count tells).
+A fresh array of many megabytes costs page faults where it is first written, one per 4 KiB page, or
+long stalls when NumPy's huge-page advice meets memory the kernel must first compact (a large result
+can take longer to fault in than to compute). glibc keeps freed blocks below 32 MB for the next
+allocation, but hands larger ones back to the kernel. So results of MIN_BYTES or more are views of a
+few buffers kept here; a buffer is handed out again only when no array views it any more (every
+view's ``.base`` is the buffer, so its reference count tells).
 
 Every result starts on a cache line, so that no vector store splits across two: NumPy puts an array's
-data 16 bytes past one (glibc's malloc), where medical_s2's result was stored 1.15x slower on Zen 3
-(same process, one and two threads); small ones are views of a fresh array one line longer.
+data 16 bytes past one (glibc's malloc), where wide vector stores would; small ones are views of a
+fresh array one line longer.
 """
 import sys
 import threading

@@ -1,5 +1,5 @@
-"""conv3d on Dask arrays: a lazy result whose every block is computed by the NumPy path from the
-window of x it needs (issue 14; README, "Volumes larger than memory").
+"""conv3d on Dask arrays: a lazy result whose every block is computed by the backend's entry from
+the window of x it needs (docs/volumes.md).
 
 `dask.array.map_overlap` fits stride-1 convolutions whose padding is only at the volume's edges.
 Here each axis's output chunks follow x's (scaled to the output's size), and for each output block
@@ -10,13 +10,12 @@ or the zeros between dilated inputs inside it. So every option works the same as
 graph has one task per output block, which assembles its window from the input chunks it covers
 whole and the halos of the others, and one task per input chunk that others only partly read,
 which copies out those parts (`_halo`): on a cluster a block then fetches thin slabs from another
-worker, not whole chunks (a slicing task per block and chunk instead: 1826 tasks for 32 blocks made
-the scheduler's ordering alone cost 0.15 s). The tasks are `dask.task_spec.Task`s: tuples cost
-0.2-0.3 s of conversion per 256 blocks. w and the bias enter the graph once; each task runs the
+worker, not whole chunks (a slicing task per block and chunk would multiply the tasks, and the
+scheduler's ordering of them costs more than the copies). The tasks are `dask.task_spec.Task`s, which
+the scheduler takes without converting them. w and the bias enter the graph once; each task runs the
 kernel on DASK_TASK_THREADS threads (`nbconv.config`), so that a scheduler running a task per core
 does not ask each core for all.
 """
-import sys
 import threading
 from collections import namedtuple
 from itertools import product
@@ -26,18 +25,14 @@ import numba
 import numpy as np
 
 from nbconv import buffers, config
+from nbconv.call import validate
+from nbconv.dispatch import backend_module
 from nbconv.geometry import dilated
 
 
-def is_dask_array(a):
-    """A Dask array, without importing dask (only one whose module is loaded can be one)."""
-    module = sys.modules.get("dask.array")
-    return module is not None and isinstance(a, module.Array)
-
-
-def conv3d(x, w, bias, call, backend):
-    """The lazy conv3d of the Dask array x (w, bias: NumPy), `call` its validated ConvCall: one task
-    per output block, reading the parts of the input chunks its window overlaps."""
+def lazy_convolution(call, x, w, bias, backend):
+    """The lazy conv3d of the validated `call` on the Dask array x (w, bias: NumPy): one task per
+    output block, reading the parts of the input chunks its window overlaps."""
     import dask
     import dask.array as da
     from dask.base import tokenize
@@ -51,8 +46,7 @@ def conv3d(x, w, bias, call, backend):
         x5 = da.moveaxis(x5, 1, -1)
     x5 = x5.rechunk({4: -1})  # every output pixel needs all the input channels of its group
     geometry = call.geometry
-    options = dict(stride=geometry.stride, lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.rhs_dilation,
-                   groups=geometry.groups)
+    options = geometry.stride, geometry.lhs_dilation, geometry.rhs_dilation, geometry.groups  # `_block`'s
     # Each axis's cuts once; a block is one cut of each axis.
     axes = [[_Cut(n, n, (0, 0), _parts(x5.chunks[0], a, a + n)) for a, n in zip(np.cumsum((0,) + x5.chunks[0]),
                                                                                x5.chunks[0])],
@@ -164,13 +158,11 @@ def _halo(chunk, parts):
 def _block(inputs, parts, window, result, w, bias, pads, options, backend):
     """One output block, `result` = (shape, dtype): its window (of `window` sizes but for the
     channels) assembled from its `inputs` (whole input chunks, or halos: the part at `place`) at
-    `parts` = [(place or None, the window's slices)...], then the NumPy conv3d of it on
+    `parts` = [(place or None, the window's slices)...], then the backend's convolution of it on
     DASK_TASK_THREADS kernel threads (Numba's thread count belongs to the calling thread, so this
     holds for this task alone). Into a fresh array (`buffers.fresh`), not nbconv's kept buffers: a
     scheduler holds many blocks at once, and glibc gives the memory of the stored ones to the next (no
     page faults)."""
-    from nbconv.functional import conv3d
-
     pieces = [value if place is None else value[place] for value, (place, _) in zip(inputs, parts)]
     x = _scratch((*window, pieces[0].shape[-1]), pieces[0].dtype)
     for piece, (_, target) in zip(pieces, parts):
@@ -179,7 +171,9 @@ def _block(inputs, parts, window, result, w, bias, pads, options, backend):
     before = numba.get_num_threads()
     numba.set_num_threads(min(config.DASK_TASK_THREADS or before, numba.config.NUMBA_NUM_THREADS))
     try:
-        return conv3d(x, w, padding=pads, bias=bias, backend=backend, out=out, **options)
+        stride, lhs_dilation, rhs_dilation, groups = options
+        call = validate(x, w, bias, (stride, pads, lhs_dilation, rhs_dilation, groups, False))
+        return backend_module(backend).convolve(call, x, w, bias, out)
     finally:
         numba.set_num_threads(before)
 

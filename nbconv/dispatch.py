@@ -1,48 +1,60 @@
-"""Backend choice for each call: 'cpu', 'cuda', or 'auto' (CUDA when an input is already on the device).
+"""The one place a backend is chosen, and the backend module that runs it.
 
-Nothing here touches CUDA at import time; `nbconv.cuda` is imported only when a call needs it.
+A backend is 'cpu', 'cuda', or 'auto' (CUDA when an input is already on the device).
+
+Every backend module offers the same entries: ``convolve(call, x, w, bias, out)`` for a validated
+`ConvCall` (`nbconv.call`), ``standardize_columns(columns, eps, gains)``, ``to_host(a)`` and
+``to_device(a)``. Nothing here touches CUDA at import time; `nbconv.cuda` is imported only when a call
+needs it.
 """
 import os
-import sys
+from types import ModuleType
 
-import numpy as np
+from nbconv import cpu
+from nbconv.call import host_array, is_device_array
 
 BACKENDS = ("auto", "cpu", "cuda")
 ENV_VAR = "NBCONV_BACKEND"
 
 
 class BackendUnavailableError(RuntimeError):
-    """The requested backend cannot run on this machine; the message says why and what to install."""
+    """The requested backend cannot run on this machine.
+
+    Its message says why and what to install (``pip install 'nbconv[cuda]'`` and a GPU driver for
+    ``backend="cuda"``), or how to run the CUDA kernels in Numba's simulator instead.
+    """
 
 
-def is_device_array(a):
-    """True for anything exposing ``__cuda_array_interface__`` (Numba device arrays, CuPy, PyTorch CUDA
-    tensors), and for the CUDA simulator's device arrays, which do not expose it."""
-    if type(a) is np.ndarray:  # the common case, asked several times per call
-        return False
-    if hasattr(a, "__cuda_array_interface__"):
-        return True
-    simulator = sys.modules.get("numba.cuda.simulator.cudadrv.devicearray")
-    return simulator is not None and isinstance(a, simulator.FakeCUDAArray)
+def choose_backend(backend: str, *arrays) -> str:
+    """Resolve `backend` for a call on `arrays` to 'cpu' or 'cuda'.
 
-
-def choose_backend(backend, *arrays):
-    """Resolve `backend` for a call on `arrays` to 'cpu' or 'cuda'."""
+    'auto' takes the environment variable ``NBCONV_BACKEND`` when it is set, else CUDA when any of
+    `arrays` is a device array, else the CPU.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         backend = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
         if backend not in BACKENDS:
             raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS}, got {backend!r}")
+    on_device = any(is_device_array(a) for a in arrays)
     if backend == "auto":
-        backend = "cuda" if any(is_device_array(a) for a in arrays) else "cpu"
-    if backend == "cpu" and any(is_device_array(a) for a in arrays):
+        backend = "cuda" if on_device else "cpu"
+    if backend == "cpu" and on_device:
         raise TypeError("backend='cpu' was given a CUDA device array; use backend='cuda' (or 'auto'), "
                         "or copy the array to the host first")
     return backend
 
 
-def cuda_module():
+def backend_module(backend: str) -> ModuleType:
+    """Return the module of a resolved backend, 'cpu' or 'cuda'.
+
+    `nbconv.cuda` only once it is known to run here, else `BackendUnavailableError` says why.
+    """
+    return cpu if backend == "cpu" else cuda_module()
+
+
+def cuda_module() -> ModuleType:
     """Import the CUDA backend, or raise BackendUnavailableError saying why."""
     try:
         from numba import cuda
@@ -55,3 +67,8 @@ def cuda_module():
             "use backend='cpu', or set NUMBA_ENABLE_CUDASIM=1 to run the kernels in the simulator.")
     from nbconv import cuda as backend
     return backend
+
+
+def on_host(a, name: str, optional: bool = False):
+    """Copy a device array to the host; anything else as `nbconv.call.host_array` gives it."""
+    return cuda_module().to_host(a) if is_device_array(a) else host_array(a, name, optional)

@@ -1,7 +1,7 @@
 """Argument normalisation, validation and output-shape rules, shared by every backend and the layers.
 
 Pure Python and NumPy: nothing here compiles. The rules are those of ``jax.lax.conv_general_dilated``
-(see DESIGN.md §2); ``"SAME"`` with input dilation, which JAX rejects, follows the same formula.
+(docs/semantics.md); ``"SAME"`` with input dilation, which JAX rejects, follows the same formula.
 """
 import numbers
 from dataclasses import dataclass

@@ -1,5 +1,4 @@
-"""Vector-Jacobian products of conv3d and of the weight standardization (issue 15; README,
-"Gradients").
+"""Vector-Jacobian products of conv3d and of the weight standardization (docs/gradients.md).
 
 Both gradients of a convolution are convolutions, so they run on the forward kernels (JAX's
 transpose rules for ``conv_general_dilated``, with nbconv's explicit pads). For each spatial axis
@@ -15,33 +14,78 @@ the dilated extents N = dilated(n, l), K = dilated(k, r), O = dilated(o, s):
   where a group's output channels fill half a vector or more, dw runs instead on the weight-gradient
   kernel (`nbconv.cpu.weight_grad`: the forward's micro-kernel with input channels as its pixels).
 """
+from collections.abc import Sequence
+
 import numpy as np
 
+from nbconv.call import (
+    Array,
+    Ints,
+    Padding,
+    from_columns,
+    host_array,
+    is_device_array,
+    standardization_args,
+    to_caller_layout,
+    to_columns,
+    to_kernel_layout,
+    validate,
+)
 from nbconv.cpu import weight_grad
-from nbconv.dispatch import choose_backend, cuda_module, is_device_array
+from nbconv.dispatch import backend_module, choose_backend, cuda_module, on_host
 from nbconv.dtypes import check_real, conv_dtypes
-from nbconv.functional import (_conv3d_cpu, _host_array, _on_host, _validate, from_columns, standardization_args,
-                               to_caller_layout, to_columns, to_kernel_layout)
 from nbconv.geometry import dilated
 
 WRT = ("x", "w", "bias")
 
 
-def conv3d_vjp(x, w, dy, *, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1, bias=None,
-               channel_first=False, wrt=WRT, backend="auto"):
-    """(dx, dw, dbias): the vector-Jacobian product of ``conv3d(x, w, ...)`` (same options) with the
-    cotangent `dy` (the result's shape). Only the names in `wrt` ('x', 'w', 'bias') are computed;
-    the others are None. dx has x's layout; dx and dw have x's and w's dtypes (integers: float64),
-    dbias bias's shape (else (Cout,)); all are computed in conv3d's precision. On backend 'cuda' (and
-    for device arrays) the convolutions run on the CUDA kernels, the operands re-laid on the host in
-    between; device arrays in give device arrays out."""
+def conv3d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padding = "SAME",
+               lhs_dilation: Ints = 1, rhs_dilation: Ints = 1, groups: int = 1, bias: Array | None = None,
+               channel_first: bool = False, wrt: str | Sequence[str] = WRT,
+               backend: str = "auto") -> tuple[Array | None, Array | None, Array | None]:
+    """Compute the vector-Jacobian product of `conv3d` with the cotangent ``dy``.
+
+    The gradients of a convolution are convolutions, and they run on the same kernels as the
+    forward pass.
+
+    Parameters
+    ----------
+    x, w : array_like
+        The operands of the forward call, as `conv3d` takes them.
+    dy : array_like
+        The cotangent: the gradient of the loss with respect to the result, of the result's shape.
+    stride, padding, lhs_dilation, rhs_dilation, groups, bias, channel_first : optional
+        The forward call's options, as in `conv3d`.
+    wrt : str or sequence of str, optional
+        Which of ``"x"``, ``"w"`` and ``"bias"`` to compute; the others are returned as None.
+    backend : {"auto", "cpu", "cuda"}, optional
+        As in `conv3d`. On CUDA the convolutions run on the GPU, the operands re-laid on the host in
+        between; device arrays in give device arrays out.
+
+    Returns
+    -------
+    dx : array or None
+        Of ``x``'s shape, layout and dtype (integers: float64).
+    dw : array or None
+        Of ``w``'s shape and dtype (integers: float64).
+    dbias : array or None
+        Of ``bias``'s shape (``(Cout,)`` without a bias).
+
+    Raises
+    ------
+    ValueError
+        ``dy`` of another shape than the result, ``wrt`` naming something else, or an option that
+        `conv3d` refuses.
+    TypeError
+        A complex or non-numeric dtype, or a missing array.
+    """
     wanted = _wrt(wrt)
     backend = choose_backend(backend, x, w, dy, bias)
     on_device = any(is_device_array(a) for a in (x, w, dy, bias))
     # Device arrays are re-laid on the host (the transposes below), then convolved on the device.
-    x, w, dy = _on_host(x, "x"), _on_host(w, "w"), _on_host(dy, "dy")
-    bias = _on_host(bias, "bias", optional=True)
-    call = _validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
+    x, w, dy = on_host(x, "x"), on_host(w, "w"), on_host(dy, "dy")
+    bias = on_host(bias, "bias", optional=True)
+    call = validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
     check_real("dy", np.dtype(dy.dtype))
     if tuple(dy.shape) != call.result_shape:
         raise ValueError(f"dy must have the result's shape {call.result_shape}, got {tuple(dy.shape)}")
@@ -69,10 +113,10 @@ def _cotangent_dtype(a):
 
 
 def _run(x, w, backend, **options):
-    """The forward path of `backend` on channels-last, batched NumPy arrays of one dtype -> NumPy."""
-    call = _validate(x, w, None, (options["stride"], options["padding"], options["lhs_dilation"],
-                                  options["rhs_dilation"], options["groups"], False))
-    return (_conv3d_cpu if backend == "cpu" else cuda_module().conv3d)(x, w, None, call, None)
+    """Run the forward path of `backend` on channels-last, batched NumPy arrays of one dtype."""
+    call = validate(x, w, None, (options["stride"], options["padding"], options["lhs_dilation"],
+                                 options["rhs_dilation"], options["groups"], False))
+    return backend_module(backend).convolve(call, x, w, None, None)
 
 
 def _axes(geometry):
@@ -118,12 +162,37 @@ def _dbias(dy5, bias, call):
     return total if bias is None else total.reshape(bias.shape).astype(call.result_dtype)
 
 
-def weight_standardization_vjp(w, dw_hat, eps=1e-4, gain=None, out_axis=-1):
-    """(dw, dgain): the vector-Jacobian product of ``weight_standardization(w, eps, gain, out_axis)``
-    with the cotangent `dw_hat` (w's shape); dgain has gain's shape (None without a gain). Where
-    ``var * fan_in`` equals eps exactly, half of each side of the max, as JAX's."""
-    w, dw_hat = _host_array(w, "w"), _host_array(dw_hat, "dw_hat")
-    gain = _host_array(gain, "gain", optional=True)
+def weight_standardization_vjp(w: Array, dw_hat: Array, eps: float = 1e-4, gain: Array | None = None,
+                               out_axis: int = -1) -> tuple[np.ndarray, np.ndarray | None]:
+    """Compute the vector-Jacobian product of `weight_standardization` with the cotangent ``dw_hat``.
+
+    Where ``var * fan_in`` equals ``eps`` exactly, each side of the max takes half, as in JAX.
+
+    Parameters
+    ----------
+    w : array_like
+        The weights of the forward call.
+    dw_hat : array_like
+        The cotangent of the standardized weights, of ``w``'s shape.
+    eps, gain, out_axis : optional
+        The forward call's arguments, as in `weight_standardization`.
+
+    Returns
+    -------
+    dw : ndarray
+        Of ``w``'s shape and dtype (integers: float64).
+    dgain : ndarray or None
+        Of ``gain``'s shape; None without a gain.
+
+    Raises
+    ------
+    ValueError
+        ``dw_hat`` of another shape than ``w``, or an argument `weight_standardization` refuses.
+    TypeError
+        A complex or non-numeric dtype.
+    """
+    w, dw_hat = host_array(w, "w"), host_array(dw_hat, "dw_hat")
+    gain = host_array(gain, "gain", optional=True)
     if tuple(dw_hat.shape) != tuple(w.shape):
         raise ValueError(f"dw_hat must have w's shape {tuple(w.shape)}, got {tuple(dw_hat.shape)}")
     axis, eps, compute, _, gains = standardization_args(w, eps, gain, out_axis, ("dw_hat", dw_hat))

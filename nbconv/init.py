@@ -3,7 +3,11 @@
 Each is a callable ``init(shape, dtype=np.float32) -> np.ndarray`` and takes ``seed=`` (an int, a
 ``numpy.random.Generator`` or None) for reproducibility.
 """
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import DTypeLike
 from scipy.special import ndtr, ndtri
 
 __all__ = ["Initializer", "Constant", "ZeroInit", "Normal", "TruncatedNormal", "Uniform",
@@ -14,44 +18,91 @@ __all__ = ["Initializer", "Constant", "ZeroInit", "Normal", "TruncatedNormal", "
 TRUNCATED_STD = 0.87962566103423978
 
 
-class Initializer:
-    """Base class: holds the random generator; subclasses implement `__call__(shape, dtype)`."""
+Seed = int | np.random.Generator | None
 
-    def __init__(self, seed=None):
+
+class Initializer:
+    """Base class: holds the random generator; subclasses implement ``__call__(shape, dtype)``.
+
+    Parameters
+    ----------
+    seed : int, numpy.random.Generator or None, optional
+        The seed of the initializer's own generator (None: fresh entropy).
+    """
+
+    def __init__(self, seed: Seed = None):
         self.rng = np.random.default_rng(seed)
 
-    def __repr__(self):
+    def __repr__(self):  # noqa: D105
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "rng")
         return f"{type(self).__name__}({args})"
 
 
 class Constant(Initializer):
-    def __init__(self, value=1.0):
+    """Every element ``value``.
+
+    Parameters
+    ----------
+    value : float, optional
+        The value of every element.
+    """
+
+    def __init__(self, value: float = 1.0):
         super().__init__()
         self.value = value
 
-    def __call__(self, shape, dtype=np.float32):
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike = np.float32) -> np.ndarray:
+        """Return an array of ``shape`` and ``dtype``."""
         return np.full(shape, self.value, dtype)
 
 
 class ZeroInit(Constant):
+    """Zeros."""
+
     def __init__(self):
         super().__init__(0.0)
 
 
 class Normal(Initializer):
-    def __init__(self, mean=0.0, scale=1.0, seed=None):
+    """Normal samples.
+
+    Parameters
+    ----------
+    mean, scale : float, optional
+        Their mean and standard deviation.
+    seed : int, numpy.random.Generator or None, optional
+        The seed of the initializer's own generator.
+    """
+
+    def __init__(self, mean: float = 0.0, scale: float = 1.0, seed: Seed = None):
         super().__init__(seed)
         self.mean, self.scale = mean, scale
 
-    def __call__(self, shape, dtype=np.float32):
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike = np.float32) -> np.ndarray:
+        """Return an array of ``shape`` and ``dtype``."""
         return self.rng.normal(self.mean, self.scale, size=shape).astype(dtype)
 
 
 class TruncatedNormal(Initializer):
-    """Normal(loc, scale) restricted to [loc + lower * scale, loc + upper * scale]."""
+    """Normal(loc, scale) samples restricted to [loc + lower * scale, loc + upper * scale].
 
-    def __init__(self, loc=0.0, scale=1.0, lower=-2.0, upper=2.0, seed=None):
+    Parameters
+    ----------
+    loc, scale : float, optional
+        The mean and standard deviation of the normal before truncation; scale positive.
+    lower, upper : float, optional
+        The bounds in standard deviations from ``loc``; lower below upper.
+    seed : int, numpy.random.Generator or None, optional
+        The seed of the initializer's own generator.
+
+    Raises
+    ------
+    ValueError
+        A scale that is not positive, or bounds out of order.
+    """
+
+    def __init__(self, loc: float = 0.0, scale: float = 1.0, lower: float = -2.0, upper: float = 2.0,
+                 seed: Seed = None):
         super().__init__(seed)
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale!r}")
@@ -59,28 +110,63 @@ class TruncatedNormal(Initializer):
             raise ValueError(f"lower must be below upper, got lower={lower!r}, upper={upper!r}")
         self.loc, self.scale, self.lower, self.upper = loc, scale, lower, upper
 
-    def __call__(self, shape, dtype=np.float32):
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike = np.float32) -> np.ndarray:
+        """Return an array of ``shape`` and ``dtype``."""
         unit = truncated_unit_normal(self.rng, shape, self.lower, self.upper)
         return (self.loc + self.scale * unit).astype(dtype)
 
 
 class Uniform(Initializer):
-    def __init__(self, min_val=0.0, max_val=1.0, seed=None):
+    """Uniform samples.
+
+    Parameters
+    ----------
+    min_val, max_val : float, optional
+        The interval ``[min_val, max_val)``.
+    seed : int, numpy.random.Generator or None, optional
+        The seed of the initializer's own generator.
+    """
+
+    def __init__(self, min_val: float = 0.0, max_val: float = 1.0, seed: Seed = None):
         super().__init__(seed)
         self.min_val, self.max_val = min_val, max_val
 
-    def __call__(self, shape, dtype=np.float32):
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike = np.float32) -> np.ndarray:
+        """Return an array of ``shape`` and ``dtype``."""
         return self.rng.uniform(self.min_val, self.max_val, size=shape).astype(dtype)
 
 
 class VarianceScaling(Initializer):
-    """Samples with variance ``scale / fan`` (fan_in, fan_out or their mean), fans taken from the
-    kernel shape: ``in_axis`` and ``out_axis`` sizes times the receptive field (the other axes)."""
+    """Samples with variance ``scale / fan``, the fan being fan_in, fan_out or their mean.
+
+    The fans come from the kernel shape: the ``in_axis`` and ``out_axis`` sizes times the receptive
+    field (the other axes).
+
+    Parameters
+    ----------
+    scale : float
+        The variance times the fan.
+    mode : {"fan_in", "fan_out", "fan_avg"}
+        Which fan.
+    distribution : {"truncated_normal", "normal", "uniform"}
+        The samples' distribution; the truncated normal is cut at two standard deviations and
+        rescaled to the variance.
+    in_axis, out_axis : int, optional
+        The kernel shape's input and output channel axes.
+    seed : int, numpy.random.Generator or None, optional
+        The seed of the initializer's own generator.
+
+    Raises
+    ------
+    ValueError
+        An unknown mode or distribution.
+    """
 
     MODES = ("fan_in", "fan_out", "fan_avg")
     DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
 
-    def __init__(self, scale, mode, distribution, in_axis=-2, out_axis=-1, seed=None):
+    def __init__(self, scale: float, mode: str, distribution: str, in_axis: int = -2, out_axis: int = -1,
+                 seed: Seed = None):
         super().__init__(seed)
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
@@ -89,7 +175,8 @@ class VarianceScaling(Initializer):
         self.scale, self.mode, self.distribution = scale, mode, distribution
         self.in_axis, self.out_axis = in_axis, out_axis
 
-    def __call__(self, shape, dtype=np.float32):
+    def __call__(self, shape: Sequence[int], dtype: DTypeLike = np.float32) -> np.ndarray:
+        """Return an array of ``shape`` and ``dtype``."""
         variance = self.scale / self._fan(shape)
         if self.distribution == "truncated_normal":
             sample = truncated_unit_normal(self.rng, shape, -2.0, 2.0) * np.sqrt(variance) / TRUNCATED_STD
@@ -106,14 +193,15 @@ class VarianceScaling(Initializer):
 
 
 def _variance_scaling(name, scale, mode, distribution):
-    """A VarianceScaling subclass with brainstate's defaults for one named scheme."""
+    """Make a VarianceScaling subclass with brainstate's defaults for one named scheme."""
 
-    def __init__(self, scale=scale, mode=mode, distribution=distribution, in_axis=-2, out_axis=-1,
-                 seed=None):
+    def __init__(self, scale: float = scale, mode: str = mode, distribution: str = distribution, in_axis: int = -2,
+                 out_axis: int = -1, seed: Seed = None):
         VarianceScaling.__init__(self, scale, mode, distribution, in_axis, out_axis, seed)
 
     return type(name, (VarianceScaling,), {"__init__": __init__, "__module__": __name__,
-                                            "__doc__": f"VarianceScaling({scale}, {mode!r}, {distribution!r})."})
+                                            "__doc__": f"`VarianceScaling` with scale={scale}, mode={mode!r}, "
+                                                       f"distribution={distribution!r} by default (same parameters)."})
 
 
 XavierNormal = _variance_scaling("XavierNormal", 1.0, "fan_avg", "truncated_normal")
@@ -125,14 +213,17 @@ LecunUniform = _variance_scaling("LecunUniform", 1.0, "fan_in", "uniform")
 
 
 def truncated_unit_normal(rng, shape, lower, upper):
-    """Unit normal restricted to [lower, upper], by inverting the CDF of a uniform sample."""
+    """Draw unit normals restricted to [lower, upper], by inverting the CDF of a uniform sample."""
     lo, hi = ndtr(lower), ndtr(upper)
     return np.clip(ndtri(rng.uniform(lo, hi, size=shape)), lower, upper)
 
 
-def param(value, shape, name, dtype=np.float32):
-    """A layer parameter from an initializer or callable ``f(shape, dtype=...)``, a scalar (filled
-    in), or an array (used as given, shape-checked); None stays None."""
+def param(value: Any, shape: Sequence[int], name: str, dtype: DTypeLike = np.float32) -> np.ndarray | None:
+    """Make a layer parameter of ``shape``.
+
+    From an initializer or callable ``f(shape, dtype=...)``, a scalar (filled in), or an array (used
+    as given, shape-checked); None stays None. ``name`` names the argument in errors.
+    """
     if value is None:
         return None
     shape = tuple(shape)

@@ -5,12 +5,31 @@ kernel tap in extended precision (``np.longdouble``). A product is only formed w
 element: taps that land on padding or on an inserted zero contribute nothing, as in
 ``jax.lax.conv_general_dilated`` (this matters for NaN and Inf weights).
 """
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
+
+# The option types of `nbconv.conv3d`, written out here: this module shares nothing with the package.
+Ints = int | Sequence[int]
+Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
 
 
-def conv3d_reference(x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
-                     bias=None, channel_first=False):
-    """Same arguments and layouts as `nbconv.conv3d`; sums in longdouble and returns float64."""
+def conv3d_reference(x: ArrayLike, w: ArrayLike, stride: Ints = 1, padding: Padding = "SAME",
+                     lhs_dilation: Ints = 1, rhs_dilation: Ints = 1, groups: int = 1, bias: ArrayLike | None = None,
+                     channel_first: bool = False) -> np.ndarray:
+    """Convolve as `nbconv.conv3d` does, slowly and plainly: a result to check others against.
+
+    Parameters
+    ----------
+    x, w, stride, padding, lhs_dilation, rhs_dilation, groups, bias, channel_first
+        As in `nbconv.conv3d` (there is no backend and no ``out``).
+
+    Returns
+    -------
+    ndarray
+        The result in float64, summed in ``np.longdouble``.
+    """
     x = np.asarray(x, np.longdouble)
     w = np.asarray(w, np.longdouble)
     if channel_first:
@@ -47,12 +66,26 @@ def conv3d_reference(x, w, stride=1, padding="SAME", lhs_dilation=1, rhs_dilatio
     return np.asarray(out if batched else out[0], np.float64)
 
 
-def conv3d_vjp_reference(x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
-                         channel_first=False):
-    """(dx, dw) of `conv3d_reference` with the cotangent dy, by transposing its steps: each tap's
-    products go back to the window they came from (dx, on the dilated and padded input, whose
-    padding and inserted zeros are then dropped) or are summed against the window (dw).
-    Longdouble sums, float64 results."""
+def conv3d_vjp_reference(x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: Ints = 1, padding: Padding = "SAME",
+                         lhs_dilation: Ints = 1, rhs_dilation: Ints = 1, groups: int = 1,
+                         channel_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Compute (dx, dw) of `conv3d_reference` with the cotangent dy, by transposing its steps.
+
+    Each tap's products go back to the window they came from (dx, on the dilated and padded input,
+    whose padding and inserted zeros are then dropped) or are summed against the window (dw).
+
+    Parameters
+    ----------
+    x, w, dy : array_like
+        The forward operands and the cotangent of its result.
+    stride, padding, lhs_dilation, rhs_dilation, groups, channel_first
+        As in `nbconv.conv3d`.
+
+    Returns
+    -------
+    dx, dw : ndarray
+        In float64, summed in ``np.longdouble``.
+    """
     x, w, dy = (np.asarray(a, np.longdouble) for a in (x, w, dy))
     if channel_first:
         x, dy = np.moveaxis(x, -4, -1), np.moveaxis(dy, -4, -1)
@@ -82,8 +115,10 @@ def conv3d_vjp_reference(x, w, dy, stride=1, padding="SAME", lhs_dilation=1, rhs
 
 
 def _unpad(a, pads, shape):
-    """The inverse of `_pad` for gradients: the elements of `a` that lie on the unpadded array of
-    `shape`, zeros where `_pad` cropped."""
+    """Invert `_pad` for gradients.
+
+    The elements of `a` that lie on the unpadded array of `shape`, zeros where `_pad` cropped.
+    """
     out = np.zeros(shape, a.dtype)
     source, target = [slice(None)], [slice(None)]
     for axis, (lo, _) in enumerate(pads):

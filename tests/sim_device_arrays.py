@@ -5,7 +5,8 @@ import pytest
 from numba import cuda
 
 import nbconv
-from nbconv.dispatch import choose_backend, is_device_array
+from nbconv.call import is_device_array
+from nbconv.dispatch import choose_backend
 from tests.support import assert_conv_close
 
 RNG = np.random.default_rng(0)

@@ -27,7 +27,7 @@ def forced_kernel(name):
 
 
 def compute_dtype(*arrays):
-    """The precision nbconv computes in for these inputs (DESIGN.md §2)."""
+    """The precision nbconv computes in for these inputs (docs/semantics.md, dtypes)."""
     dtype = np.result_type(*arrays)
     return np.dtype(np.float64) if dtype.kind in "biu" else np.promote_types(dtype, np.float32)
 

@@ -1,6 +1,6 @@
 """Numba's on-disk cache and the compiled CPU kernels: an edit of a module whose code a cached kernel
 links in, not only of the file that defines it, compiles the kernel anew (`launch.LINKED_SOURCES`,
-`microkernel._TARGET_SOURCE`)."""
+`microkernel._GENERATOR_SOURCE`)."""
 import os
 import shutil
 import subprocess
@@ -40,7 +40,8 @@ def test_an_edit_of_the_micro_kernel_generator_compiles_the_entries_anew(tmp_pat
     assert _cache_hits(tree, cache) == (0, 0)
     assert _cache_hits(tree, cache) == (1, 1)
     # (module edited, what is compiled anew: the entry, the family's loop)
-    for module, anew in (("tasks.py", (0, 1)), ("target.py", (0, 0)), ("microkernel.py", (0, 0))):
+    edits = (("tasks.py", (0, 1)), ("target.py", (0, 0)), ("emitter.py", (0, 0)), ("microkernel.py", (0, 0)))
+    for module, anew in edits:
         with open(tree / "nbconv" / "cpu" / module, "a") as source:
             source.write("# edited\n")
         assert _cache_hits(tree, cache) == anew, module

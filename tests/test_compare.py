@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import nbconv
-from nbconv import compare
-from nbconv.workloads import Workload
+from nbconv.tools import bench
+from nbconv.tools.workloads import Workload
 from tests.support import assert_conv_close
 
 SMALL = [
@@ -23,7 +23,7 @@ SMALL = [
 @pytest.mark.parametrize("wl", SMALL, ids=[wl.name for wl in SMALL])
 def test_peer_computes_the_convolution(peer, wl):
     x, w = wl.arrays()
-    run = compare.PEERS[peer][1](wl, x, w, 1)
+    run = bench.PEERS[peer][1](wl, x, w, 1)
     assert_conv_close(np.asarray(run()), x, w, **wl.options)
 
 
@@ -31,19 +31,19 @@ def test_no_onnx_graph_where_onnx_has_no_operator():
     """float64 (no double Conv in the peers' CPU kernels) and negative pads are left out."""
     f64 = Workload("f64", 1, (4, 4, 4, 2), 2, 3, 1, "SAME", 1, 1, 1, "float64")
     cropped = Workload("cropped", 1, (6, 6, 6, 2), 2, 3, 1, ((-1, 0), (0, 0), (0, 0)), 1, 1, 1, "float32")
-    assert compare.onnx_model(f64, f64.arrays()[1]) is None
-    assert compare.onnx_model(cropped, cropped.arrays()[1]) is None
+    assert bench.onnx_model(f64, f64.arrays()[1]) is None
+    assert bench.onnx_model(cropped, cropped.arrays()[1]) is None
 
 
 def test_fma_peak_is_measured():
-    from nbconv.cpu.peak import fma_peak_gflops
+    from nbconv.tools.peak import fma_peak_gflops
 
     peak = fma_peak_gflops(1, seconds=0.02)
     assert 0.5 < peak < 1e4
 
 
 def test_backward_row_times_the_gradients():
-    row = compare.measure_backward(SMALL[0], 1, 1, with_torch=False)
+    row = bench.measure_backward(SMALL[0], 1, 1, with_torch=False)
     assert row["workload"] == "dense" and row["gflop"] == 2 * SMALL[0].flops / 1e9 and row["nbconv"] > 0
 
 
@@ -54,7 +54,7 @@ def test_torch_backward_computes_dx(wl):
     pytest.importorskip("torch")
     x, w = wl.arrays()
     dy = np.random.default_rng(2).standard_normal(nbconv.conv3d(x, w, **wl.options).shape).astype(np.float32)
-    run = compare.torch_backward_runner(wl, x, w, dy, 1)
+    run = bench.torch_backward_runner(wl, x, w, dy, 1)
     if run is not None:
         want = nbconv.conv3d_vjp(x, w, dy, wrt="x", **wl.options)[0]
         np.testing.assert_allclose(run().numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -1,10 +1,11 @@
 """conv3d against the NumPy reference: random shapes and options, named edge cases, dtypes, layouts."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nbconv
-from nbconv.cpu import blocked, conv, microkernel
+from nbconv.cpu import blocked, conv, emitter, microkernel
 from nbconv.geometry import conv_geometry
 from nbconv.reference import conv3d_reference
 from tests.support import BACKEND, KERNELS, SIMULATED, assert_conv_close, forced_kernel
@@ -274,7 +275,7 @@ def test_blocked_few_output_channels_as_input_phases(dtype, cin, cout, options):
     if 2 * cout > width:
         pytest.skip(f"{width} lanes: {cout} channels fill a vector's half")
     assert blocking.phases > 1 and blocking.phases * cout <= width and conv._plan(geometry, dtype, None)[0] is \
-        blocked.conv3d
+        blocked.run
     rng = np.random.default_rng(cin)
     x = rng.standard_normal((2, 4, 5, 13, cin)).astype(dtype)
     w = rng.standard_normal((3, 3, 3, cin, cout)).astype(dtype)
@@ -328,8 +329,8 @@ def test_blocked_large_result_stores(monkeypatch, tiny_l2, dtype, groups, cin_g,
     unit_bytes = groups * cout_g // blocking.units * out.itemsize
     block_bytes = unit_bytes if blocking.blocks == 1 else blocking.vectors * blocked.lanes(dtype) * out.itemsize
     whole_lines = unit_bytes % 64 == 0 and block_bytes % 64 == 0
-    assert blocked._store_mode(out, blocking) == (microkernel.STREAMED if aligned and whole_lines
-                                                  else microkernel.PREFETCHED)
+    assert blocked._store_mode(out, blocking) == (emitter.STREAMED if aligned and whole_lines
+                                                  else emitter.PREFETCHED)
     with forced_kernel("blocked"):
         got = nbconv.conv3d(x, w, groups=groups, padding="SAME", backend=BACKEND, out=out)
     assert got is out
@@ -392,7 +393,7 @@ def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_
     geometry = conv_geometry((1, 4, 5, 6, groups * cin_g), w.shape, stride=(1, 2, 1), padding="SAME",
                              lhs_dilation=1, rhs_dilation=1, groups=groups, channel_first=False)
     blocking = blocked._packing(geometry, np.dtype(dtype))[0]
-    _, workers, meta = blocked._launch_args(geometry, np.dtype(dtype), 2, microkernel.CACHED)
+    _, workers, meta = blocked._launch_args(geometry, np.dtype(dtype), 2, emitter.CACHED)
     bias = blocked.pack_weights(np.zeros((1, 1, 1, blocking.phases, w.shape[-1]), dtype), blocking)
     tables = [size for table in geometry.tap_tables() for size in table.shape]
     assert meta[1] == workers and meta[12] == bias.size

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import nbconv
 from nbconv import config
-from nbconv.volume import peak_memory
+from nbconv.tools.volume import peak_memory
 from tests.support import assert_conv_close
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import nbconv
-from nbconv.dispatch import choose_backend, is_device_array
+from nbconv.call import is_device_array
+from nbconv.dispatch import choose_backend
 
 X = np.ones((1, 3, 3, 3, 2), np.float32)
 W = np.ones((1, 1, 1, 2, 2), np.float32)

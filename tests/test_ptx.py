@@ -1,5 +1,5 @@
 """Every CUDA kernel specialisation compiled to PTX with real NVVM for sm_70, sm_80 and sm_90 and
-assembled with `ptxas -v`: no spills; registers and shared memory recorded (DESIGN.md §4). Runs in
+assembled with `ptxas -v`: no spills; registers and shared memory recorded (docs/gpu.md). Runs in
 CI from the `cuda` extra (numba-cuda[cu12] brings NVVM and ptxas); it never needs a GPU.
 Run `python -m tests.test_ptx` for the table in the README."""
 import os
@@ -63,7 +63,7 @@ def test_ptx_compiles_without_spills(name, kernel, signature, cc, tmp_path, reco
 
 
 def main():
-    print(f"{'kernel':<28}" + "".join(f"{'sm_%d%d' % cc:>22}" for cc in TARGETS))
+    print(f"{'kernel':<28}" + "".join(f"{'sm_{}{}'.format(*cc):>22}" for cc in TARGETS))
     import tempfile
     for name, kernel, signature in SPECS:
         cells = []

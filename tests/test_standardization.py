@@ -1,7 +1,8 @@
 """weight_standardization against an independent NumPy implementation of brainstate's formula."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nbconv
 from tests.support import BACKEND, SIMULATED

@@ -1,7 +1,7 @@
 """The timing helpers behind the comparison runner and the asv suite."""
 import time
 
-from nbconv.timing import interleaved_medians, median_seconds
+from nbconv.tools.timing import interleaved_medians, median_seconds
 
 
 def test_interleaved_medians_time_every_runner_in_turn():

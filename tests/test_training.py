@@ -3,7 +3,7 @@ falls, and both end with the same parameters to float32 accuracy."""
 import numpy as np
 import pytest
 
-from nbconv.training import make_problem, train
+from nbconv.tools.training import make_problem, train
 
 brainstate = pytest.importorskip("brainstate")
 jax = pytest.importorskip("jax")

@@ -28,7 +28,7 @@ depthwise stride-1 row reduces KW * Cin at once, which is what makes Cin = 1 or 
 every unit and channel block. Micro-kernel pixels run along W; a run shorter than its stretch (a padded
 W edge) runs down H instead.
 """
-from functools import lru_cache
+from functools import cache, lru_cache
 from math import gcd, prod
 from typing import NamedTuple
 
@@ -37,13 +37,14 @@ from numba import carray, get_num_threads, njit
 
 from nbconv.config import CACHE
 from nbconv.cpu import launch
-from nbconv.cpu.microkernel import CACHED, PREFETCHED, STREAMED, TARGET, fma_lines_at, lanes, lines_address, store_fence
+from nbconv.cpu.emitter import CACHED, PREFETCHED, STREAMED
+from nbconv.cpu.microkernel import TARGET, fma_lines_at, lanes, lines_address, store_fence
 from nbconv.cpu.regroup import group_inputs
 from nbconv.cpu.target import CACHE_LINE, l2_bytes
 from nbconv.cpu.tasks import claim
 
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
-# micro-kernel calls down the band then reads from L1 instead of L2 (depthwise_c64 ran 1.3x faster).
+# micro-kernel calls down the band then reads from L1 instead of L2.
 BAND = 8
 # Taps of fewer reduction steps than this (a group's input channels) cost more in their overheads than a
 # copy of x into a volume per unit costs, which makes them merge along a row (`_blocking`'s volumes).
@@ -52,13 +53,11 @@ SHORT_TAP = 16
 # so that it does not wait for the result's lines to be read before it overwrites them. Results larger
 # than one core's L2 (`target.l2_bytes`) are streamed past the caches (non-temporal stores) where each
 # call stores whole lines of every pixel: a line written in parts streams as slow partial writes
-# (lhs_dilated_3's 24-channel pixels, 96 bytes, three residue classes apart: 1.2x slower). Same process
-# on Zen 3, against plain stores: lhs_dilated_2 (3.5 MB) 1.06-1.17x, medical_s2 (3.3 MB) 1.04-1.14x,
-# depthwise_c96 (3.5 MB) 1.09x, grouped_f64 (1.1 MB) 1.02-1.10x; against prefetching: AVX2 depthwise_c64
-# 1.10-1.13x, video_c3 1.14-1.15x, AVX-512 1.04-1.08x. Results of PREFETCH_OUT_BYTES or more that are
-# not streamed have their lines prefetched for writing first (`microkernel._Emitter.prefetch_out`):
-# 1.1-1.2x over plain stores; smaller ones (grouped_g8's 2.1 MB) ran 3-6% slower prefetched. The cost:
-# whoever reads a streamed result next finds it in memory, not in the L3 cache.
+# (96-byte pixels stored three apart, for one). Results of PREFETCH_OUT_BYTES or more that are not
+# streamed have their lines prefetched for writing first (`emitter.Emitter.prefetch_out`), so that the
+# stores find them owned; smaller results wait less for their lines, and there the prefetches cost
+# more than they hide (docs/design.md). The cost of streaming: whoever reads a streamed result next
+# finds it in memory, not in the L3 cache.
 PREFETCH_OUT_BYTES = 4 << 20
 
 
@@ -77,7 +76,8 @@ def spread_for(geometry, dtype):
     return max(k for k in range(1, width // cout_g + 1) if k & (k - 1) == 0 and cin_g % k == 0)
 
 
-def conv3d(x, w, bias, geometry, tables, out):
+def run(x, w, bias, geometry, tables, out):
+    """Fill `out` with conv(x, w) + bias on the register-blocked micro-kernels (channels-last arrays)."""
     blocking, weight_index, bias_index = _packing(geometry, x.dtype)
     inputs = group_inputs(x, blocking.units, blocking.per_unit) if blocking.volumes else x
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
@@ -88,7 +88,7 @@ def conv3d(x, w, bias, geometry, tables, out):
 
 
 def _store_mode(out, blocking):
-    """How the micro-kernel stores `out` (`microkernel.CACHED`...): see PREFETCH_OUT_BYTES."""
+    """How the micro-kernel stores `out` (`emitter.CACHED`...): see PREFETCH_OUT_BYTES."""
     if out.nbytes >= l2_bytes() and _whole_lines(out, blocking):
         return STREAMED
     return PREFETCHED if out.nbytes >= PREFETCH_OUT_BYTES else CACHED
@@ -125,14 +125,14 @@ def _blocking(geometry, dtype):
     width, k = lanes(dtype), spread_for(geometry, dtype)
     groups, cout_g = geometry.groups, geometry.out_channels // geometry.groups
     # K lanes per channel as input phases of one group fill as many lanes as K groups, and leave x
-    # as it is (grouped_g8: the interleave took 8% of the call): when K divides the group's inputs.
+    # as it is (K groups need theirs interleaved, a copy of x): when K divides the group's inputs.
     # (K = LANES groups are whole-vector inputs instead; K slots that do not divide the groups are
     # phases by `spread_for`.)
     cin_g = geometry.in_channels // groups
     phases = k if (k < width or groups % k) and k & (k - 1) == 0 and cin_g % k == 0 else 1
     if k == 1:  # the group's vectors in blocks of one of the target's sizes: the fewest vectors
         # computed (of zero weights too), then the fewest blocks. 6 vectors are 2 blocks of 3, not 4 + 2
-        # with two of zeros (96 channels on AVX-512: 1.33x); 3 on AVX2 one block of 3, not 2 + 2. One
+        # with two of zeros (96 channels on AVX-512); 3 on AVX2 one block of 3, not 2 + 2. One
         # vector a call loads an input per FMA: only for groups of one vector.
         needed = -(-cout_g // width)
         sizes = [v for v in TARGET.blocking.pixels if v > 1 or needed == 1]
@@ -150,9 +150,8 @@ def _blocking(geometry, dtype):
     units = groups // per_unit
     # A volume per unit where x is copied anyway (a unit's groups interleaved), and where several units
     # have short taps: a unit's pixels are then its channels apart, so that a stride-1 row's taps
-    # continue in x and merge (depthwise rows slide). Same process on Zen 3, one and two threads, against
-    # no volumes: grouped_g8 (8 input channels a group) 1.03-1.11x, grouped_g4 1.10-1.21x, depthwise_c96
-    # (2 units) 1.06-1.39x; grouped_f64's 16 channels a group lost 3-7% to the copy.
+    # continue in x and merge (depthwise rows slide). The copy pays for itself only where taps are
+    # shorter than SHORT_TAP: longer taps' overheads weigh less than it (docs/design.md).
     volumes = phases == 1 and ((per_unit > 1 and cin_g > 1) or (units > 1 and cin_g < SHORT_TAP))
     return _Blocking(vectors, k, phases, per_unit, units, -(-cout_g // (vectors * width)) if k == 1 else 1,
                      (q, q * geometry.stride[2] // geometry.lhs_dilation[2], q_h), volumes,
@@ -194,8 +193,8 @@ def _packing(geometry, dtype):
     """A geometry's `_blocking`, and where `pack_weights` puts each weight and bias value: its flat
     index plus one (0 for the zero padding), in integers as wide as the values, so that they fill as
     many lanes. One lookup per call. The weights of K > 1 are packed by this gather (NumPy's copies
-    of those transposes, with K-element inner axes, took 50 us of grouped_g8's 1 ms call, the gather
-    3); with K = 1, pack_weights is a reshape and at most one plain copy, faster than a gather: None."""
+    of those transposes, with K-element inner axes, pay their iterator's overhead every K values);
+    with K = 1, pack_weights is a reshape and at most one plain copy, faster than a gather: None."""
     dtype = np.dtype(dtype)
     blocking, cout, integers = _blocking(geometry, dtype), geometry.out_channels, f"i{dtype.itemsize}"
     weight_index = None
@@ -252,15 +251,15 @@ def _x_layout(geometry, blocking):
 def _planes_first(geometry, dtype):
     """Whether consecutive tasks take one band's output planes (od) in turn, not one plane's bands. Plane
     od + 1 reads KD - 1 of the input planes that od reads: from L2 when it is the next task, but with
-    the bands in turn only if all KD input planes stay there meanwhile (depthwise_c64, three planes of
-    256 KiB against Zen 3's 512 KiB: 1.17-1.22x on two threads, same process). Where they fit, the
-    bands in turn write the result in order (medical_s2 ran 4-14% slower with its planes in turn)."""
+    the bands in turn only if all KD input planes stay there meanwhile (not where they outgrow one core's
+    L2, `target.l2_bytes`). Where they fit, the bands in turn write the result in order (planes in turn
+    jump a plane apart from task to task, which ran slower)."""
     _, height, width = geometry.in_spatial
     planes = geometry.kernel[0] * height * width * geometry.in_channels * np.dtype(dtype).itemsize
     return geometry.kernel[0] > 1 and planes > l2_bytes()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _entry(dtype):
     """The compiled entry point of the blocked kernel: a C function of the data pointers of (x, packed,
     bias, out, idx_d, idx_h, idx_w, counter, meta), so that one parallel loop, compiled once

@@ -16,10 +16,10 @@ def _loop_nest(x, w, bias, geometry, tables, out):
 
 
 # name -> run(x, w, bias, geometry, tables, out); each computes every convolution.
-KERNELS = {"blocked": blocked.conv3d, "grouped": _loop_nest}
+KERNELS = {"blocked": blocked.run, "grouped": _loop_nest}
 
 
-def conv3d(x, w, bias, geometry, out):
+def compute(x, w, bias, geometry, out):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype."""
     if geometry.flops == 0:  # an empty result, or no input channels to sum (JAX: zeros): the bias alone

@@ -3,10 +3,10 @@
 A `parallel=True` function is compiled twice more than a plain one (its parfor gufunc, and the
 function around it), each time with everything it calls linked in, optimised and turned into machine
 code again, and Numba's parfor passes take seconds of their own. Compiled per kernel family, that was
-most of a family's cold compile (grouped_g8 on Zen 3: 5.4 s, 2.4 without). So each kernel is compiled
-once per dtype, as a C function of data pointers (`blocked._entry`, `weight_grad._entry`), and this
-loop, compiled once for all of them, calls it by address on each of Numba's threads. (The kernels in
-turn call their family's micro-kernel loop by address: `microkernel.lines_address`.)
+most of a family's cold compile. So each kernel is compiled once per dtype, as a C function of data
+pointers (`blocked._entry`, `weight_grad._entry`), and this loop, compiled once for all of them, calls
+it by address on each of Numba's threads. (The kernels in turn call their family's micro-kernel loop
+by address: `microkernel.lines_address`.)
 """
 import hashlib
 from pathlib import Path
@@ -18,7 +18,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nbconv.config import CACHE
-from nbconv.cpu import microkernel, nojit, parallel, target, tasks
+from nbconv.cpu import emitter, microkernel, nojit, parallel, target, tasks
 from nbconv.cpu.tasks import in_slices
 
 # Numba's cache checks the source file of a cached function only, but an entry's machine code also
@@ -26,7 +26,7 @@ from nbconv.cpu.tasks import in_slices
 # source is a constant of every entry (a cell of its closure, which Numba's cache keys by), so that an
 # edit there (a `git pull`) compiles the entries anew instead of loading stale ones.
 LINKED_SOURCES = hashlib.sha256(b"".join(Path(module.__file__).read_bytes()
-                                         for module in (microkernel, target, tasks))).hexdigest()
+                                         for module in (emitter, microkernel, target, tasks))).hexdigest()
 
 
 def entry_point(function, dtype):

@@ -1,9 +1,9 @@
-"""nbconv's parallel kernels, launched safely on whichever threading layer Numba picks (DESIGN.md §5).
+"""nbconv's parallel kernels, launched safely on whichever threading layer Numba picks (docs/threads.md).
 
 Numba runs `parallel=True` code on one threading layer per process: by default TBB where it finds
 it, else OpenMP, else its own `workqueue`; `NUMBA_THREADING_LAYER` chooses. TBB is safe under
-threads and fork, but on the public workloads it ran 10-40% slower than GNU OpenMP here (nbconv
-alone; 5-20% beside PyTorch: README, "Threads, fork and Ctrl-C"), so nbconv does not bring it in
+threads and fork, but on the public workloads it ran slower than GNU OpenMP (nbconv alone and
+beside PyTorch: docs/threads.md), so nbconv does not bring it in
 (the `tbb` extra does, for NUMBA_THREADING_LAYER=tbb); it makes up for the other two instead,
 as nbconv is called from other people's thread pools and `multiprocessing` workers:
 - GNU OpenMP (Linux) is not fork-safe: in a process forked after it ran (multiprocessing's `fork`,

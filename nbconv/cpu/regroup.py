@@ -1,13 +1,12 @@
 """x copied into a volume of input channels per unit (`blocked._Blocking.volumes`), on every thread.
 
 The copy runs through the parallel loop that every kernel shares (`launch.run`), as one small C
-function per dtype: a `parallel=True` copy of its own made grouped_g8's cold first call 2.6 s on Zen 3
-(1.2 s this way, 0.5 s without volumes). Each thread claims runs of rows (n, d, h) and writes each
-unit's part of a row in order, from the row it has just read, 8 values a move (`_move`: grouped_g8's
-2 MB x on two threads in 0.17-0.20 ms, against 0.22-0.24 ms a value at a time and 0.35 ms as a
-parallel loop over 5-D indices; Zen 3, same process).
+function per dtype: a `parallel=True` copy of its own would add its own parfor compile to the cold
+first call (see `launch`). Each thread claims runs of rows (n, d, h) and writes each unit's part of a
+row in order, from the row it has just read, 8 values a move (`_move`: a value at a time stays scalar,
+and a parallel loop over 5-D indices works out each value's place on its own).
 """
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from numba import carray, get_num_threads, njit
@@ -39,7 +38,7 @@ def group_inputs(x, units, per_unit):
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _entry(dtype):
     """The compiled copy, called by the shared loop as the kernels' entries are (`blocked._entry`)."""
     digest = launch.LINKED_SOURCES

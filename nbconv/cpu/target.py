@@ -1,5 +1,5 @@
 """The CPU compile target as LLVM sees it, and the micro-kernel blocking for it: the only place an
-instruction set is named (DESIGN.md §5).
+instruction set is named (docs/design.md).
 
 The target is Numba's: `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` when set, else the host. Its vector
 width, register count and FMA are read off the machine code LLVM emits for it (`_PROBE`: one 512-bit
@@ -7,7 +7,7 @@ fused multiply-add and a masked store), so a forced target is described exactly 
 on any machine, and a CPU name LLVM knows needs no list here.
 """
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,51 +19,27 @@ CACHE_LINE = 64
 L2_FALLBACK = 512 << 10
 
 # LLVM splits a vector type wider than the registers into several registers, so the micro-kernel's
-# vectors are as wide as the target's. Per register file, what one micro-kernel call holds:
+# vectors are as wide as the target's. Per register file, what one micro-kernel call holds (the
+# reasoning and the measurements behind each value: docs/design.md, "The compile target"):
 # - `pixels[V]`: output pixels P per call for V vectors, largest first. P * V accumulators, V weight
-#   vectors and the inputs of one pixel (a broadcast register, or V with several groups per vector)
-#   fit the registers, so the whole reduction runs without a spill; the powers of two below cover
-#   the ends of rows and columns without falling back to one pixel at a time. x86 with 32 registers
-#   (AVX-512): 6 x 4 = 24 accumulators + 4 weights + 1 input. x86 with 16 (AVX2, AVX, SSE): 6 x 2 =
-#   12 accumulators + 2 weights + 1 input, BLIS's 6 x 16 float32 Haswell kernel; with FMA also 4 x 3
-#   = 12 accumulators + 3 weights + 1 input, so that 3 vectors of channels (24 float32) are one block,
-#   not 2 + 2 with a vector of zeros (Zen 3, same process: video_c3_k5 with 24 output channels
-#   1.33-1.41x, lhs_dilated_3 1.43-1.49x); without FMA the product takes the last register. More
-#   vectors than these would leave fewer than 4 pixels. One vector stops at 12 pixels on x86: 16
-#   pixels reading whole input vectors (depthwise) keep 16 addresses, more than the 16 general
-#   registers (znver4 reloaded 10 of them per step; 0-2 at 12). AVX2's 2 and 3 vectors take every
-#   count up to their most, so that any row ends in one call: a remainder of 1 pixel x 2 vectors
-#   waits on its 2 accumulators at every step of a short tap (medical_s2's 15-pixel rows, 6 + 6 + 3
-#   instead of 6 + 6 + 2 + 1: 1.08-1.20x; lhs_dilated_3's 11-pixel classes 4 + 4 + 3: 1.06x; same
-#   process, one and two threads; the families compile no slower).
-#   AArch64 (NEON, 32 registers): LLVM schedules the loads of a step early there, so 2 vectors of
-#   packed groups spilled at 12 and 10 pixels (24 or 20 accumulators, 4 inputs, 2 weights), and 3
-#   vectors at 8: 8 and 6 instead.
-# - `whole`: the same for whole-vector units (depthwise, K = LANES), where it differs from `pixels`:
-#   their vectors are reduced a few at a time (`microkernel._Emitter.together`), so more of them do
-#   not take registers from their pixels (AVX2 keeps 6 pixels for 3 vectors and more).
+#   vectors and the inputs of one pixel fit the registers, so the whole reduction runs without a
+#   spill; the smaller counts cover the ends of rows without falling back to one pixel at a time.
+#   32 x86 registers: 6 x 4 accumulators. 16: 6 x 2 (BLIS's Haswell tile), and with FMA 4 x 3, so
+#   that 24 float32 channels are one block; every count up to the most, so that a row ends in one
+#   call. One vector stops at 12 pixels on x86: more keep more addresses than the general registers.
+#   AArch64 schedules a step's loads early, so its 2- and 3-vector counts are lower.
+# - `whole`: the same for whole-vector units (depthwise), where it differs from `pixels`: their
+#   vectors are reduced a few at a time (`emitter.Emitter.together`).
 # - `held`, `held_pixels`, `sliding`: how a whole-vector body loads each input once for all the pixels
-#   it serves where they read one reduction step apart (stride-1 depthwise rows; `microkernel.
-#   _Emitter.tile`). Taps of `held` steps or fewer (a 3x3x3 kernel's rows) hold their weights in
-#   registers, each input multiplied into every pixel it serves (`_Emitter.hold`), in bodies of
-#   `held_pixels[V]` pixels; longer taps (and every tap where `held` is 0) slide a window of P
-#   inputs along the row in the bodies of `sliding` = (fewest, most) pixels (`_Emitter.slide`),
-#   whose accumulators and windows take two registers each (at most 8 beside AArch64's spare ones;
-#   without FMA the 4-pixel body, which LLVM unrolls twice, spilled an accumulator in float64: from
-#   5 pixels there). On 16 registers a window leaves one vector per pass at 6 pixels, half of AVX2's
-#   64-byte line, whose other half the next pass loads again; 3 weights leave two vectors of 4
-#   pixels, a whole line, with as many loads for a tap of 3 steps and no window to shift (Zen 3, same
-#   process, one and two threads, against the window: depthwise_c64 1.06-1.28x, 3x3x3 of 8-128
-#   channels 1.00-1.10x, SSE4.2 forced 1.20x). Held, longer taps load more than a window does
-#   (7x7x7 ran 0.86-0.98x, 5x5x5 0.96-1.11x), hence the length. On 32 registers a window leaves 12
-#   pixels a vector, a whole line on AVX-512: `held` is 0 there, as when the README's AVX-512
-#   figures were measured.
+#   it serves on a stride-1 row (`emitter.Emitter.tile`). Taps of `held` steps or fewer hold their
+#   weights in registers (`emitter.Emitter.hold`), in bodies of `held_pixels[V]` pixels: on 16
+#   registers that keeps whole cache lines per pass. Longer taps, and every tap where `held` is 0,
+#   slide a window of P inputs along the row, in bodies of `sliding` = (fewest, most) pixels
+#   (`emitter.Emitter.slide`).
 # - `spare`: registers left free beside the operands when whole-vector inputs are reduced a few
-#   vectors at a time (`microkernel._Emitter.together`, `.slide`): the early loads' on AArch64, where
-#   4 spare still spilled an accumulator of 5 vectors x 4 pixels.
-# - `chains`: independent accumulators that keep the FMA pipes busy: two pipes of about 4 cycles'
-#   latency on every target seen (Zen 3/4/5, Ice Lake, Neoverse N1, Apple M1: 4 pipes of 3-4 cycles
-#   on M1, where more sets would not fit beside the accumulators anyway).
+#   vectors at a time: AArch64's early loads take them.
+# - `chains`: independent accumulators that keep the FMA pipes busy (two pipes of about 4 cycles on
+#   every CPU measured).
 class Blocking(NamedTuple):
     pixels: dict
     sliding: tuple
@@ -75,22 +51,27 @@ class Blocking(NamedTuple):
 
 
 # A unit of whole-vector inputs (depthwise, K = LANES) spans up to this many bytes of channels, however
-# many vectors that takes (4 on AVX-512, 8 on AVX2, 16 on SSE and NEON: 64 float32 channels), reduced
-# a few vectors at a time (`microkernel._Emitter.together`): where a unit holds all the channels, the
-# taps of a stride-1 row continue in x and merge, their inputs loaded once (`Blocking.held`).
+# many vectors that takes, reduced a few vectors at a time (`emitter.Emitter.together`): where a unit
+# holds all the channels, the taps of a stride-1 row continue in x and merge, their inputs loaded once.
 WHOLE_VECTOR_BYTES = 256
 
-# (architecture, vector registers, FMA) -> Blocking
+# (architecture, vector registers, FMA) -> Blocking: one row per register file, as BLIS keeps one
+# block-size table per configuration.
 _X86_16 = {1: (12, 8, 4, 2, 1), 2: (6, 4, 2, 1)}
 _X86_16_HELD = {1: (12, 8, 4, 2, 1), 2: (4, 2, 1)}
 BLOCKING = {
-    ("x86_64", 32, True): Blocking({1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)},
-                                   (4, 12), 0, 8),
-    ("x86_64", 16, True): Blocking({**_X86_16, 2: (6, 5, 4, 3, 2, 1), 3: (4, 3, 2, 1)}, (4, 6), 0, 8, _X86_16, 3,
-                                   _X86_16_HELD),
-    ("x86_64", 16, False): Blocking(_X86_16, (5, 6), 0, 8, None, 3, _X86_16_HELD),
-    ("aarch64", 32, True): Blocking({1: (16, 8, 4, 2, 1), 2: (8, 4, 2, 1), 3: (6, 4, 2, 1), 4: (6, 4, 2, 1)},
-                                    (4, 8), 8, 8),
+    ("x86_64", 32, True): Blocking(
+        pixels={1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)},
+        sliding=(4, 12), spare=0, chains=8),
+    ("x86_64", 16, True): Blocking(
+        pixels={**_X86_16, 2: (6, 5, 4, 3, 2, 1), 3: (4, 3, 2, 1)},
+        sliding=(4, 6), spare=0, chains=8, whole=_X86_16, held=3, held_pixels=_X86_16_HELD),
+    ("x86_64", 16, False): Blocking(
+        pixels=_X86_16,
+        sliding=(5, 6), spare=0, chains=8, held=3, held_pixels=_X86_16_HELD),
+    ("aarch64", 32, True): Blocking(
+        pixels={1: (16, 8, 4, 2, 1), 2: (8, 4, 2, 1), 3: (6, 4, 2, 1), 4: (6, 4, 2, 1)},
+        sliding=(4, 8), spare=8, chains=8),
 }
 
 # One llvm.fmuladd of 16 float32 lanes (fused where the target has FMA, a multiply and an add where
@@ -166,7 +147,7 @@ def target_machine(triple, cpu, features=""):
     return llvm.Target.from_triple(triple).create_target_machine(cpu=cpu, features=features, opt=3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def probe(triple, cpu, features=""):
     """The Target that LLVM makes of (triple, CPU name, feature string)."""
     asm = target_machine(triple, cpu, features).emit_assembly(llvm.parse_assembly(_PROBE))

@@ -1,16 +1,13 @@
 """Tasks of a parallel loop handed out as the threads ask for them, not split evenly up front, and
 long loops cut into slices that Python can interrupt between (`in_slices`).
 
-`prange` gives each thread an equal, contiguous share. On these shared 2-vCPU machines one vCPU often
-runs 10-15% slower than the other for many calls in a row, so with equal shares the fast thread waited
-for the slow one at the end of every call (dilated_r2: 200-500 us of a 3.9 ms call, measured with a
-cycle counter per task; Numba's `parallel_chunksize` did not change the shares with the OpenMP layer).
-Here a loop runs one `prange` iteration per thread, and each thread claims runs of consecutive tasks
-from a shared counter: long runs first (a thread keeps neighbouring tasks, which share input rows),
-shorter ones as the tasks run out (`guided` scheduling), so both threads finish within a short run of
-each other. Same-process A/B against equal shares, two threads: depthwise_c64 1.13-1.14x, medical_s2
-1.10-1.11x, grouped_g8 1.06-1.13x, video_c3 and lhs_dilated_2 1.06-1.12x, dilated_r2 1.02-1.04x, dense
-unchanged; one thread unchanged.
+`prange` gives each thread an equal, contiguous share. On shared vCPUs one often runs slower than
+another for many calls in a row, so with equal shares the fast thread waited for the slow one at the
+end of every call (seen with a cycle counter per task; Numba's `parallel_chunksize` did not change the
+shares with the OpenMP layer). Here a loop runs one `prange` iteration per thread, and each thread
+claims runs of consecutive tasks from a shared counter: long runs first (a thread keeps neighbouring
+tasks, which share input rows), shorter ones as the tasks run out (`guided` scheduling), so both
+threads finish within a short run of each other. On one thread it changes nothing (docs/design.md).
 """
 import time
 
@@ -22,9 +19,9 @@ from nbconv.cpu import nojit
 # A long call runs as consecutive launches over slices of its tasks, each of about SLICE_SECONDS, so
 # that Python runs its signal handlers (Ctrl-C's KeyboardInterrupt) between them; the first slice
 # is FIRST_SLICE_FLOPS of work (a call shorter than that is one launch: no cost), the next ones sized
-# from the time it took. 5e8 is 0.1 s of the few-channel loop nest at 5 GFLOP/s (2e9 let a Ctrl-C
-# wait 0.45 s there) and 2.5 ms of a dense layer: a second launch of ~40 us; same-process A/B
-# against one launch: dense_c64 1.03x, dilated_r2 1.02x, video_c3 0.98x, lhs_dilated_2 0.97x (noise).
+# from the time it took. 5e8 is about SLICE_SECONDS of the slowest kernel, the few-channel loop nest
+# (a larger first slice kept a Ctrl-C waiting there), and enough work on the fastest that a second
+# launch, one more thread wake-up, costs nothing measurable (docs/design.md).
 SLICE_SECONDS = 0.1
 FIRST_SLICE_FLOPS = 5e8
 

@@ -2,10 +2,10 @@
 
 Idle worker threads sleep. When the first parallel region after an idle spell is a long kernel, the
 scheduler may queue the woken worker on the main thread's CPU, where it waits until the main thread
-has run its whole share of the kernel: after 20 ms of idle, medical_s2 into a preallocated `out`
-(0.23 ms when called back to back) took 4-7 ms on the 2-vCPU machines this was built on. A trivial
-parallel region first lets the worker move to a CPU of its own while the main thread waits for it at
-the region's end: 0.9-1.0 ms (PyTorch: 1.0 ms). asv tracks it (benchmarks: AfterIdle).
+has run its whole share of the kernel: after an idle spell, a short call into a preallocated `out`
+took many times as long as back to back. A trivial parallel region first lets the worker move to a
+CPU of its own while the main thread waits for it at the region's end, which brings such a call level
+with PyTorch's (docs/design.md). asv tracks it (benchmarks: AfterIdle).
 
 Kernels whose threads claim their tasks as they go (`nbconv.cpu.tasks`) need no wake: the main thread
 runs what the worker has not claimed. Only the plain loop nest, with equal prange shares, wakes first.

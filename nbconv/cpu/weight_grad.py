@@ -6,7 +6,7 @@ vectors output channels o, its reduction the positions. One `fma_tile` call keep
 vectors of output channels of one tap in registers while it runs over a plane of positions, each step
 broadcasting P values of x and loading V vectors of dy: the forward's register blocking, and the
 forward's bodies (`microkernel`, K = 1). (Run as a forward convolution of x by dy instead, the same
-work had 1-3 reduction steps per tap and a 3-pixel output row: 3.8x the forward's time on dense_c64.)
+work had 1-3 reduction steps per tap and a 3-pixel output row, so overheads outweighed the FMAs.)
 So that the P input channels of a position are one stride apart and a row's positions are
 consecutive, x is transposed to rows of (phase, Cin, W / phases) per (n, d, h) (a group of fewer input
 channels than the largest tile padded with zero channels to the next tile's size), and dy is packed
@@ -28,12 +28,12 @@ the padding, transposed rows are taken instead, so that no NaN appears where JAX
 A task is (n, a run of planes od, group, block, kd): every kh, kw and tile of input channels of those
 planes, so that dy, the largest operand of a layer with few input channels (video_c3's 33 MB), is read
 from memory once, not once per tap (tasks of (group, block, kd, kh) over every plane read it 9 times
-and ran 1.4-1.7x slower there). Each thread sums into a dw of its own, added up at the end. While a
-run's dy rows (a few tens of KiB) stay in L2, every tile of input channels reads them, each tile goes
-through every kw while its x rows are in L1 (f64 dense_c64 ran 1.2x faster than kw by kw), and each
-tile's sum is added into the thread's dw.
+and ran slower). Each thread sums into a dw of its own, added up at the end. While a run's dy rows (a
+few tens of KiB) stay in L2, every tile of input channels reads them, each tile goes through every kw
+while its x rows are in L1 (not reading them again from L2 per kw), and each tile's sum is added into
+the thread's dw.
 """
-from functools import lru_cache
+from functools import cache, lru_cache
 from math import gcd
 
 import numpy as np
@@ -42,7 +42,8 @@ from numba import carray, get_num_threads, njit, prange
 from nbconv import buffers
 from nbconv.config import CACHE
 from nbconv.cpu import blocked, launch, parallel
-from nbconv.cpu.microkernel import CACHED, TARGET, fma_lines_at, lanes, lines_address
+from nbconv.cpu.emitter import CACHED
+from nbconv.cpu.microkernel import TARGET, fma_lines_at, lanes, lines_address
 from nbconv.cpu.tasks import claim, fetch_add
 
 # Tasks per thread to aim for: a layer with few planes takes shorter runs of them, so that the threads
@@ -73,7 +74,7 @@ def weight_gradient(x, dy, geometry):
     sums = np.zeros((workers, *geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
     idx_d, idx_h, _ = geometry.tap_tables()
     # The arrays as 5-D and 2-D views, like the forward's (`blocked.conv3d`), so that `launch.run` is
-    # compiled once for both (each other tuple type cost another 2-3 s of cold compile).
+    # compiled once for both (each other tuple type would compile it again, parfor passes and all).
     values = (a.reshape(1, 1, 1, 1, -1) for a in (rows, packed, np.zeros(meta[13], x.dtype), sums))
     arrays = (*values, idx_d, idx_h, w_table.reshape(1, -1), np.zeros(4, np.int64), meta)
     launch.run_tasks(entry, workers, arrays, meta[0], geometry.valid_flops)
@@ -229,7 +230,7 @@ def _w_table(idx_w, classes, phases, phase_length, positions, width):
     return table
 
 
-@lru_cache(maxsize=None)
+@cache
 def _entry(dtype):
     """The compiled entry point of the weight gradient, as `blocked._entry`: the same for every family
     (meta says which micro-kernel); compiled (or loaded) once per process and dtype."""

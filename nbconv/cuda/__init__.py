@@ -1,6 +1,7 @@
-"""Numba CUDA backend, imported only when a call needs it (see nbconv.dispatch.cuda_module)."""
+"""Numba CUDA backend, imported only when a call needs it (`nbconv.dispatch.cuda_module`): the
+entries every backend offers."""
 from numba.cuda import to_device
 
-from nbconv.cuda.launch import conv3d, standardize_columns, to_host
+from nbconv.cuda.launch import convolve, standardize_columns, to_host
 
-__all__ = ["conv3d", "standardize_columns", "to_device", "to_host"]
+__all__ = ["convolve", "standardize_columns", "to_device", "to_host"]

@@ -4,15 +4,16 @@ import numpy as np
 from numba import cuda
 
 from nbconv import config
+from nbconv.call import ConvCall, is_device_array, to_caller_layout
 from nbconv.cuda import kernels as k
-from nbconv.dispatch import is_device_array
-from nbconv.functional import to_caller_layout
 
 RELAYOUT_BLOCK = 256
 COPY, TO_CHANNELS_LAST, TO_CHANNELS_FIRST = 0, 1, 2
 
 
-def conv3d(x, w, bias, call, out):
+def convolve(call: ConvCall, x, w, bias, out):
+    """conv(x, w) + bias of the validated `call` on the GPU: NumPy for NumPy `x`, a device array
+    (or `out`) for a device `x`."""
     geometry, compute = call.geometry, call.compute_dtype
     on_device = is_device_array(x)
     x5 = _canonical_input(x, call)

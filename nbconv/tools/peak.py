@@ -11,7 +11,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from nbconv.cpu import parallel
-from nbconv.cpu.microkernel import TARGET, splat
+from nbconv.cpu.emitter import splat
+from nbconv.cpu.microkernel import TARGET
 
 # Independent accumulators: more than the pipes x latency the micro-kernel assumes
 # (`target.Blocking.chains`), fewer than 16 registers with the two operands.

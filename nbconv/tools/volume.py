@@ -1,5 +1,5 @@
 """`python -m nbconv volume`: a ScaledWSConv3d over a Zarr volume on a dask.distributed LocalCluster,
-out of core (issue 14; README, "Volumes larger than memory").
+out of core (docs/volumes.md).
 
 It makes the volume (random float32, written chunk by chunk by the workers, so that it is never
 whole in anyone's memory) or opens the one at --path, convolves it into another Zarr array with
@@ -48,7 +48,8 @@ def main(argv):
         import dask.array as da
         import distributed
     except ImportError as error:
-        raise SystemExit(f"python -m nbconv volume needs the dask extra: pip install 'nbconv[dask]' ({error})")
+        raise SystemExit("python -m nbconv volume needs the dask extra: "
+                         f"pip install 'nbconv[dask]' ({error})") from error
     scratch = Path(tempfile.mkdtemp(prefix="nbconv-volume-"))
     source = args.path or scratch / "volume.zarr"
     try:

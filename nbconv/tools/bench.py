@@ -9,14 +9,22 @@ Peers that are not installed are left out of the table.
 """
 import argparse
 import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
 import nbconv
 from nbconv.cpu.microkernel import TARGET
-from nbconv.cpu.peak import fma_peak_gflops
-from nbconv.timing import interleaved_medians
-from nbconv.workloads import SETS, load_workloads
+from nbconv.tools.peak import fma_peak_gflops
+from nbconv.tools.timing import interleaved_medians
+from nbconv.tools.workloads import SETS, load_workloads
 
 
 def nbconv_runner(wl, x, w):
@@ -253,7 +261,35 @@ def plot(rows, peer_names, path):
     fig.savefig(path, dpi=120)
 
 
+# Environment variables that change what the kernels (or the peers) compile for, or how they thread.
+_SETTINGS = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "ONEDNN_MAX_CPU_ISA",
+             "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def experiment(argv):
+    """Where and how a run was made, for its JSON file: date, commit, CPU, cores, command, settings."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "cpu_model": _cpu_model(), "cores": os.cpu_count(),
+            "command": shlex.join(["python", "-m", "nbconv", "bench", *argv]),
+            "environment": {name: os.environ[name] for name in _SETTINGS if name in os.environ}}
+
+
+def _cpu_model():
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return found.group(1).strip() if found else platform.machine()
+
+
 def main(argv=None):
+    argv = sys.argv[2:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m nbconv bench", description=__doc__)
     parser.add_argument("--set", default="public", choices=list(SETS),
                         help="public: workloads.json; heldout: shapes nothing is tuned for")
@@ -277,14 +313,14 @@ def main(argv=None):
     else:
         rows = [measure(workloads[name], factories, args.repeats) for name in names]
     print(f"nbconv {nbconv.__version__}, {args.threads} threads; compile target {TARGET.describe()}; "
-          f"peak {peak:.0f} GFLOP/s float32 (register-only multiply-add loop, nbconv.cpu.peak)")
+          f"peak {peak:.0f} GFLOP/s float32 (register-only multiply-add loop, nbconv.tools.peak)")
     if args.backward:
         print("backward: dx and dw, GFLOP/s counting twice the forward's FLOPs")
     print(format_table(rows, list(factories)))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "rows": rows},
-                      f, indent=1)
+            json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "set": args.set,
+                       "backward": args.backward, **experiment(argv), "rows": rows}, f, indent=1)
     if args.plot:
         plot(rows, list(factories), args.plot)
     return 0

@@ -1,5 +1,5 @@
 """`python -m nbconv train`: a two-layer 3-D network (ScaledWSConv3d, tanh, ScaledWSConv3d) trained
-by plain SGD in NumPy with the layers' vjp (issue 15; README, "Gradients"). The task is synthetic:
+by plain SGD in NumPy with the layers' vjp (docs/gradients.md). The task is synthetic:
 learn tanh of a fixed random convolution of random volumes. tests/test_training.py runs the same
 steps in brainstate and finds the same parameters."""
 import argparse

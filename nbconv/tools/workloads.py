@@ -60,7 +60,7 @@ SETS = {"public": "workloads.json", "heldout": "heldout.json"}
 
 def load_workloads(which="public"):
     """All workloads of a set (SETS), by name, in file order."""
-    text = resources.files("nbconv").joinpath(SETS[which]).read_text()
+    text = resources.files("nbconv.tools").joinpath(SETS[which]).read_text()
     rows = json.loads(text)["workloads"]
     return {row["name"]: Workload(row["name"], row["batch"], tuple(row["in"]), row["out_channels"],
                                   row["kernel"], row["stride"], row["padding"], row["rhs_dilation"],
