@@ -3,9 +3,9 @@
 A backend is 'cpu', 'cuda', or 'auto' (CUDA when an input is already on the device).
 
 Every backend module offers the same entries: ``convolve(call, x, w, bias, out)`` for a validated
-`ConvCall` (`nbconv.call`), ``standardize_columns(columns, eps, gains)``, ``to_host(a)`` and
-``to_device(a)``. Nothing here touches CUDA at import time; `nbconv.cuda` is imported only when a call
-needs it.
+`ConvCall` (`nbconv.call`) and ``standardize_columns(columns, eps, gains)``; the CUDA backend also
+``to_host(a)`` and ``to_device(a)``. Nothing here touches CUDA at import time; `nbconv.cuda` is
+imported only when a call needs it.
 """
 import os
 from types import ModuleType

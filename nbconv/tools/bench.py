@@ -263,7 +263,7 @@ def plot(rows, peer_names, path):
 
 # Environment variables that change what the kernels (or the peers) compile for, or how they thread.
 _SETTINGS = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "ONEDNN_MAX_CPU_ISA",
-             "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+             "ATEN_CPU_CAPABILITY", "XLA_FLAGS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def experiment(argv):
