@@ -110,28 +110,12 @@ def table(result):
 
 
 def plot(result, path):
-    """A bar chart of the GFLOP/s of every runner per workload, log scale (matplotlib, Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    """The run's bar chart (`nbconv.tools.bench.plot`), titled with where and when it was made."""
+    from nbconv.tools.bench import plot as bar_chart
 
-    rows, names = result.get("rows", []), ["nbconv", *result["peers"]]
-    fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        values = [row.get(name) or np.nan for row in rows]  # not measured: no bar
-        ax.bar(np.arange(len(rows)) + i * width, values, width, label=NAMES.get(name, name))
-    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [row.get("workload", "?") for row in rows], rotation=20)
-    ax.set_ylabel("GFLOP/s")
-    ax.set_yscale("log")
-    target = result.get("target", {}).get("cpu", "?")
-    ax.set_title(f"{result.get('cpu_model', '?')}, target {target}, {what(result)}, "
-                 f"{result.get('date', '?')} ({result.get('commit', '?')})", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    title = (f"{result.get('cpu_model', '?')}, target {result.get('target', {}).get('cpu', '?')}, {what(result)}, "
+             f"{result.get('date', '?')} ({result.get('commit', '?')})")
+    bar_chart(result.get("rows", []), result["peers"], path, title=title, labels=NAMES)
 
 
 def section(result, image):

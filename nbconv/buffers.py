@@ -8,8 +8,8 @@ few buffers kept here; a buffer is handed out again only when no array views it 
 view's ``.base`` is the buffer, so its reference count tells).
 
 Every result starts on a cache line, so that no vector store splits across two: NumPy puts an array's
-data 16 bytes past one (glibc's malloc), where wide vector stores would; small ones are views of a
-fresh array one line longer.
+data 16 bytes past one (glibc's malloc), where wide vector stores would split across two lines;
+small ones are views of a fresh array one line longer.
 """
 import sys
 import threading

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from nbconv import buffers, config
-from nbconv.call import validate
+from nbconv.call import check_out, validate
 from nbconv.dispatch import backend_module
 from nbconv.geometry import dilated
 
@@ -173,6 +173,7 @@ def _block(inputs, parts, window, result, w, bias, pads, options, backend):
     try:
         stride, lhs_dilation, rhs_dilation, groups = options
         call = validate(x, w, bias, (stride, pads, lhs_dilation, rhs_dilation, groups, False))
+        check_out(out, call, x, w, bias)  # a chunk whose dtype is not the one its Dask array declares
         return backend_module(backend).convolve(call, x, w, bias, out)
     finally:
         numba.set_num_threads(before)

@@ -50,7 +50,7 @@ def test_backward_row_times_the_gradients():
 @pytest.mark.parametrize("wl", SMALL, ids=[wl.name for wl in SMALL])
 def test_torch_backward_computes_dx(wl):
     """PyTorch's autograd dx (where torch has the convolution) against nbconv's conv3d_vjp, itself
-    tested against JAX (tests/test_gradients.py). torch is installed by hand (README, Benchmarks)."""
+    tested against JAX (tests/test_gradients.py). torch is installed by hand (docs/performance.md)."""
     pytest.importorskip("torch")
     x, w = wl.arrays()
     dy = np.random.default_rng(2).standard_normal(nbconv.conv3d(x, w, **wl.options).shape).astype(np.float32)

@@ -160,7 +160,7 @@ def test_a_zarr_volume_larger_than_the_workers_memory(tmp_path):
         x = da.from_zarr(str(source))
         assert x.nbytes > 2 * 512 * 2**20
         y = nbconv.conv3d(x, w, padding="SAME")
-        # Compiled here, into Numba's on-disk cache, which the workers load (as the README says):
+        # Compiled here, into Numba's on-disk cache, which the workers load (docs/volumes.md):
         # a worker compiling them itself peaks ~45 MiB higher.
         y.blocks[0, 0, 0, 0, 0].compute(scheduler="sync")
         client.compute(y.to_zarr(str(result), compressors=None, compute=False)).result()

@@ -127,13 +127,6 @@ def test_block_count():
         assert marks == sum(block.cudasim for block in blocks(page)), f"{_name(page)}: a mark without a block"
 
 
-if __name__ == "__main__":
-    for page in pages():
-        found = blocks(page)
-        print(f"{_name(page):<28}{len(found):>3} blocks{sum(b.cudasim for b in found):>3} under the simulator")
-    print(f"{'total':<28}{sum(len(blocks(page)) for page in pages()):>3}")
-
-
 def test_docstring_examples():
     """The API reference shows the public docstrings' examples: they run too."""
     import doctest
@@ -142,3 +135,10 @@ def test_docstring_examples():
 
     result = doctest.testmod(nbconv.functional, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+if __name__ == "__main__":
+    for page in pages():
+        found = blocks(page)
+        print(f"{_name(page):<28}{len(found):>3} blocks{sum(b.cudasim for b in found):>3} under the simulator")
+    print(f"{'total':<28}{sum(len(blocks(page)) for page in pages()):>3}")

@@ -1,7 +1,7 @@
 """Every CUDA kernel specialisation compiled to PTX with real NVVM for sm_70, sm_80 and sm_90 and
 assembled with `ptxas -v`: no spills; registers and shared memory recorded (docs/gpu.md). Runs in
 CI from the `cuda` extra (numba-cuda[cu12] brings NVVM and ptxas); it never needs a GPU.
-Run `python -m tests.test_ptx` for the table in the README."""
+Run `python -m tests.test_ptx` for the table in docs/design.md."""
 import os
 import re
 import shutil

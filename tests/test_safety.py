@@ -8,8 +8,8 @@ each case in a child process, since each touches process-wide state: the threadi
   pool) get the right results, for the blocked kernel and the loop nest.
 - Ctrl-C: a SIGINT arriving during a long call raises KeyboardInterrupt as soon as the running slice
   of the work ends, the rest of `out` left unwritten, and the process stays usable. The signal is
-  sent from inside the first slice's launch, so no timing is involved (the note and README give
-  the latency measured on a long call).
+  sent from inside the first slice's launch, so no timing is involved (docs/threads.md gives the
+  latency measured on a long call).
 - NUMBA_DISABLE_JIT=1: conv3d and the layers still compute the right results, in Python, on both
   kernels, and so does the weight gradient's.
 """

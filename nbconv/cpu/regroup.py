@@ -31,7 +31,7 @@ def group_inputs(x, units, per_unit):
     workers = min(get_num_threads(), rows)
     meta = np.array((workers, rows, d * h, w, units, per_unit, cin // (units * per_unit)), np.int64)
     meta.flags.writeable = False
-    # 5-D arrays and read-only tables and meta, as the kernels' (`blocked.conv3d`)
+    # 5-D arrays and read-only tables and meta, as the kernels' (`blocked.run`)
     arrays = (x, out, out, out, _NO_TABLE, _NO_TABLE, _NO_TABLE, np.zeros(3, np.int64), meta)
     # (the elements copied stand for the work that sizes Ctrl-C slices: one launch below 5e8)
     launch.run_tasks(launch.address(_entry(np.dtype(x.dtype))), workers, arrays, rows, x.size)

@@ -73,7 +73,7 @@ def weight_gradient(x, dy, geometry):
     packed = _packed(dy, geometry, blocked._packing(geometry, x.dtype)[0], *layout[3:])
     sums = np.zeros((workers, *geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
     idx_d, idx_h, _ = geometry.tap_tables()
-    # The arrays as 5-D and 2-D views, like the forward's (`blocked.conv3d`), so that `launch.run` is
+    # The arrays as 5-D and 2-D views, like the forward's (`blocked.run`), so that `launch.run` is
     # compiled once for both (each other tuple type would compile it again, parfor passes and all).
     values = (a.reshape(1, 1, 1, 1, -1) for a in (rows, packed, np.zeros(meta[13], x.dtype), sums))
     arrays = (*values, idx_d, idx_h, w_table.reshape(1, -1), np.zeros(4, np.int64), meta)

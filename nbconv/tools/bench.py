@@ -243,22 +243,28 @@ def format_table(rows, peer_names):
     return "\n".join(lines)
 
 
-def plot(rows, peer_names, path):
+def plot(rows, peer_names, path, title=None, labels=None):
+    """A bar chart of every runner's GFLOP/s per workload, log scale (needs matplotlib); `labels`
+    maps runner names to legend labels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["nbconv", *peer_names]
+    names, labels = ["nbconv", *peer_names], labels or {}
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        ax.bar(np.arange(len(rows)) + i * width, [r.get(name, 0) for r in rows], width, label=name)
-    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [r["workload"] for r in rows], rotation=20)
+        values = [row.get(name) or np.nan for row in rows]  # not measured: no bar
+        ax.bar(np.arange(len(rows)) + i * width, values, width, label=labels.get(name, name))
+    ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [row["workload"] for row in rows], rotation=20)
     ax.set_ylabel("GFLOP/s")
     ax.set_yscale("log")
-    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # Environment variables that change what the kernels (or the peers) compile for, or how they thread.
@@ -289,7 +295,7 @@ def _cpu_model():
 
 
 def main(argv=None):
-    argv = sys.argv[2:] if argv is None else list(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m nbconv bench", description=__doc__)
     parser.add_argument("--set", default="public", choices=list(SETS),
                         help="public: workloads.json; heldout: shapes nothing is tuned for")
