@@ -1,6 +1,6 @@
 """Numba's on-disk cache and the compiled CPU kernels: an edit of a module whose code a cached kernel
 links in, not only of the file that defines it, compiles the kernel anew (`launch.LINKED_SOURCES`,
-`microkernel._GENERATOR_SOURCE`)."""
+`microkernel._GENERATOR_SOURCE`); where no cache folder is writable, nbconv compiles in memory."""
 import os
 import shutil
 import subprocess
@@ -45,3 +45,34 @@ def test_an_edit_of_the_micro_kernel_generator_compiles_the_entries_anew(tmp_pat
         with open(tree / "nbconv" / "cpu" / module, "a") as source:
             source.write("# edited\n")
         assert _cache_hits(tree, cache) == anew, module
+
+
+# Every cache folder Numba tries (NUMBA_CACHE_DIR, the package's __pycache__, the user's) unwritable, as
+# on a read-only install: ensure_cache_path is where Numba finds that out (a read-only file system
+# raises there even for root, so the child patches it rather than relying on file permissions).
+_READ_ONLY = """
+import warnings
+import numba.core.caching as caching
+import numpy as np
+
+def unwritable(locator):
+    raise OSError(30, "Read-only file system", locator.get_cache_path())
+
+caching._CacheLocator.ensure_cache_path = unwritable
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import nbconv
+from nbconv import config
+from nbconv.reference import conv3d_reference
+rng = np.random.default_rng(0)
+x, w = rng.random((1, 4, 5, 6, 8), np.float32), rng.random((3, 3, 3, 4, 16), np.float32)
+error = np.abs(nbconv.conv3d(x, w, groups=2) - conv3d_reference(x, w, groups=2)).max()
+print(config.CACHE, error < 1e-4, sum("NUMBA_CACHE_DIR" in str(warning.message) for warning in caught))
+"""
+
+
+def test_a_read_only_install_imports_and_computes_in_memory():
+    result = subprocess.run([sys.executable, "-c", _READ_ONLY], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "True", "1"], result.stdout + result.stderr[-2000:]
