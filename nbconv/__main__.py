@@ -49,7 +49,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m nbconv", description=__doc__)
     parser.add_argument("cases", nargs="*", default=list(SEED_CASES),
                         help="workload names from workloads.json (default: the seed examples)")
-    run_seed_cases(parser.parse_args(argv).cases)
+    cases = parser.parse_args(argv).cases
+    unknown = [name for name in cases if name not in load_workloads()]
+    if unknown:
+        parser.error(f"unknown case {', '.join(map(repr, unknown))}; the cases are {', '.join(load_workloads())}")
+    run_seed_cases(cases)
     return 0
 
 

@@ -63,10 +63,19 @@ def host_array(a, name, optional=False):
         raise TypeError(f"{name} must be an array, got None")
     if a is None or is_device_array(a):
         return a
+    refuse_masked(a, name)
     try:
         return np.asarray(a)
     except Exception as err:
         raise TypeError(f"{name} must be array-like, got {type(a).__name__}") from err
+
+
+def refuse_masked(a, name):
+    """TypeError for a NumPy masked array, whose mask a convolution would silently drop (as JAX, which
+    refuses them)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array, whose mask nbconv would drop; pass {name}.filled(value) "
+                        f"(e.g. {name}.filled(0)) or the plain {name}.data")
 
 
 def validate(x, w, bias, options):

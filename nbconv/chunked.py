@@ -60,7 +60,9 @@ def lazy_convolution(call, x, w, bias, backend):
     for index in product(*(range(len(cuts)) for cuts in axes)):
         cuts = [cuts[i] for cuts, i in zip(axes, index)]
         shape, key = (*(cut.size for cut in cuts), geometry.out_channels), (name, *index, 0)
-        if any(cut.parts is None for cut in cuts):  # no real input reaches these outputs: the bias
+        # No real input reaches these outputs: the bias. (Or there are none: an empty batch chunk, as
+        # `x[mask]` gives, has no input chunk to read.)
+        if any(cut.parts is None for cut in cuts) or 0 in shape:
             layer[key] = Task(key, np.broadcast_to, alone, shape)
             continue
         inputs, parts = [], []

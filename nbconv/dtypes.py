@@ -7,13 +7,13 @@ def conv_dtypes(*dtypes):
     float16 computed in float32 and returned as float16, integers and bools in float64."""
     for name, dtype in dtypes:
         check_real(name, dtype)
+        if dtype.kind == "f" and dtype not in (np.float16, np.float32, np.float64):
+            raise TypeError(f"{name} has dtype {dtype}; conv3d computes in float16, float32 or float64")
     result = np.result_type(*(dtype for _, dtype in dtypes))
     if result.kind in "biu":
         return np.dtype(np.float64), np.dtype(np.float64)
     if result == np.float16:
         return np.dtype(np.float32), result
-    if result not in (np.float32, np.float64):
-        raise TypeError(f"conv3d computes in float16, float32 or float64, not {result}")
     return result, result
 
 

@@ -69,7 +69,8 @@ def conv3d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padd
     dw : array or None
         Of ``w``'s shape and dtype (integers: float64).
     dbias : array or None
-        Of ``bias``'s shape (``(Cout,)`` without a bias).
+        Of ``bias``'s shape and dtype (integers: float64); ``(Cout,)`` in the result's dtype without
+        a bias.
 
     Raises
     ------
@@ -91,9 +92,9 @@ def conv3d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padd
         raise ValueError(f"dy must have the result's shape {call.result_shape}, got {tuple(dy.shape)}")
     compute = conv_dtypes(("x", x.dtype), ("w", w.dtype), ("dy", dy.dtype))[0]
     x5, dy5 = (to_kernel_layout(a, call, compute) for a in (x, dy))
-    w = np.asarray(w, compute)
     geometry = call.geometry
-    dx = to_caller_layout(_dx(dy5, w, geometry, backend), call, dtype=_cotangent_dtype(x)) if "x" in wanted else None
+    dx = (to_caller_layout(_dx(dy5, np.asarray(w, compute), geometry, backend), call, dtype=_cotangent_dtype(x))
+          if "x" in wanted else None)
     dw = _dw(x5, dy5, geometry, backend).astype(_cotangent_dtype(w)) if "w" in wanted else None
     dbias = _dbias(dy5, bias, call) if "bias" in wanted else None
     if on_device:
@@ -158,8 +159,14 @@ def _dw(x5, dy5, geometry, backend):
 
 
 def _dbias(dy5, bias, call):
+    """Sum dy per output channel, into bias's shape and dtype (integers: float64).
+
+    Without a bias: (Cout,) in the result's dtype.
+    """
     total = dy5.sum(axis=(0, 1, 2, 3))
-    return total if bias is None else total.reshape(bias.shape).astype(call.result_dtype)
+    if bias is None:
+        return total.astype(call.result_dtype)
+    return total.reshape(bias.shape).astype(_cotangent_dtype(bias))
 
 
 def weight_standardization_vjp(w: Array, dw_hat: Array, eps: float = 1e-4, gain: Array | None = None,

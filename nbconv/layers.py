@@ -140,7 +140,7 @@ class Conv3d:
             ``x`` whose shape without the batch axis is not ``in_size``.
         """
         self._check_input(x)
-        y = conv3d(x if is_device_array(x) or is_dask_array(x) else np.asarray(x), self.kernel(), stride=self.stride,
+        y = conv3d(x, self.kernel(), stride=self.stride,
                    padding=self.padding, lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation,
                    groups=self.groups, bias=self.weight.value.get("bias"),
                    channel_first=self.channel_first, backend=self.backend)
@@ -168,7 +168,7 @@ class Conv3d:
         self._check_input(x)
         params = self.weight.value
         wrt = ("x", "w", "bias") if "bias" in params else ("x", "w")
-        dx, d_kernel, d_bias = conv3d_vjp(np.asarray(x), self.kernel(), dy, stride=self.stride, padding=self.padding,
+        dx, d_kernel, d_bias = conv3d_vjp(x, self.kernel(), dy, stride=self.stride, padding=self.padding,
                                           lhs_dilation=self.lhs_dilation, rhs_dilation=self.rhs_dilation,
                                           groups=self.groups, bias=params.get("bias"),
                                           channel_first=self.channel_first, wrt=wrt, backend=self.backend)

@@ -102,6 +102,20 @@ def test_distributed_local_cluster():
         assert_conv_close(client.compute(y).result(), x, w, stride=2, lhs_dilation=(1, 2, 1))
 
 
+def test_empty_batch_chunks_and_an_empty_batch():
+    """`x[mask]` then `compute_chunk_sizes()` leaves chunks of no samples; N = 0 gives an empty result,
+    as on NumPy."""
+    rng = np.random.default_rng(3)
+    x, w, bias = rng.standard_normal((3, 4, 5, 4, 2)), rng.standard_normal((3, 3, 3, 2, 3)), rng.standard_normal(3)
+    y = nbconv.conv3d(da.from_array(x, chunks=((0, 1, 0, 2), (2, 2), 5, 4, 2)), w, bias=bias, padding=1)
+    assert_conv_close(y.compute(), x, w, bias=bias, padding=1)
+    for channel_first in (False, True):
+        empty = np.zeros((0, 2, 4, 5, 4) if channel_first else (0, 4, 5, 4, 2), np.float32)
+        y = nbconv.conv3d(da.from_array(empty, chunks=2), w, channel_first=channel_first)
+        want = nbconv.conv3d(empty, w, channel_first=channel_first)
+        assert y.compute().shape == want.shape == y.shape and y.dtype == want.dtype
+
+
 def test_out_is_refused_for_a_dask_x():
     with pytest.raises(TypeError, match="out= takes a NumPy or device array"):
         nbconv.conv3d(da.zeros((1, 4, 4, 4, 2), chunks=2), np.zeros((1, 1, 1, 2, 2)), out=np.zeros((1, 4, 4, 4, 2)))

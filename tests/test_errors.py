@@ -1,4 +1,7 @@
 """Bad arguments raise ValueError or TypeError naming the argument, before any kernel runs."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -33,7 +36,13 @@ BAD = [
     (dict(backend="gpu"), ValueError, "backend must be one of"),
     (dict(x=X.astype(complex)), TypeError, "x must be real"),
     (dict(w=W.astype(object)), TypeError, "w must have a numeric dtype"),
-    (dict(x=X.astype(np.longdouble)), TypeError, "computes in float16, float32 or float64"),
+    (dict(x=X.astype(np.longdouble)), TypeError, "x has dtype .*; conv3d computes in float16, float32 or float64"),
+    (dict(w=W.astype(np.longdouble)), TypeError, "w has dtype .*; conv3d computes in float16, float32 or float64"),
+    (dict(bias=np.ones(8, np.longdouble)), TypeError, "bias has dtype .*; conv3d computes in float16"),
+    # a masked array's mask would be dropped (a NaN under it spread to the outputs): refused, as JAX does
+    (dict(x=np.ma.masked_array(X, X > 0)), TypeError, r"x is a masked array.*x.filled\(0\)"),
+    (dict(w=np.ma.masked_array(W)), TypeError, "w is a masked array"),
+    (dict(bias=np.ma.masked_array(np.ones(8))), TypeError, "bias is a masked array"),
     (dict(channel_first="yes"), TypeError, "channel_first must be a bool"),
     (dict(out=np.empty((1, 4, 4, 4, 8), np.float64)), ValueError, "out must have shape"),
     (dict(out=np.empty((1, 4, 4, 4, 7), np.float32)), ValueError, "out must have shape"),
@@ -117,3 +126,24 @@ def test_unhashable_options_are_validated_too():
                                   nbconv.conv3d(X, W, stride=(1, 2, 1), padding=((0, 1),), backend=BACKEND))
     with pytest.raises(ValueError, match="stride must be positive"):
         nbconv.conv3d(X, W, stride=[1, 0, 1], backend=BACKEND)
+
+
+def test_the_other_entries_name_their_argument_too():
+    dy = np.ones((1, 4, 4, 4, 8), np.float32)
+    with pytest.raises(TypeError, match="dy is a masked array"):
+        nbconv.conv3d_vjp(X, W, np.ma.masked_array(dy), backend=BACKEND)
+    with pytest.raises(TypeError, match="w has dtype .*; conv3d computes in"):
+        nbconv.weight_standardization(W.astype(np.longdouble), backend=BACKEND)
+    layer = nbconv.Conv3d((4, 4, 4, 4), 8, 3, backend=BACKEND)
+    with pytest.raises(TypeError, match="x is a masked array"):
+        layer(np.ma.masked_array(X))
+    with pytest.raises(TypeError, match="x is a masked array"):
+        layer.vjp(np.ma.masked_array(X), dy)
+
+
+def test_an_unknown_case_of_the_command_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "nbconv", "nosuchcase"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "usage: python -m nbconv" in result.stderr and "unknown case 'nosuchcase'" in result.stderr
+    assert "medical_s2" in result.stderr  # the valid names
