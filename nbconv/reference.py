@@ -72,7 +72,9 @@ def conv3d_vjp_reference(x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: Ints
     """Compute (dx, dw) of `conv3d_reference` with the cotangent dy, by transposing its steps.
 
     Each tap's products go back to the window they came from (dx, on the dilated and padded input,
-    whose padding and inserted zeros are then dropped) or are summed against the window (dw).
+    whose padding and inserted zeros are then dropped) or are summed against the window (dw), where it
+    holds a real input: like the forward, no product is formed with padding or an inserted zero, so a
+    NaN or Inf in dy reaches dw only through the inputs its taps read (as in JAX).
 
     Parameters
     ----------
@@ -95,6 +97,7 @@ def conv3d_vjp_reference(x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: Ints
     kernel, sizes = w.shape[:3], x.shape[1:4]
     pads = _explicit_pads(padding, sizes, kernel, stride, lhs, rhs)
     spread = _pad(_dilate(x, lhs), pads)
+    real = _pad(_dilate(np.ones(x.shape[:4] + (1,), bool), lhs), pads)
     out_sizes = dy.shape[1:4]
     cin_g, cout = w.shape[3], w.shape[4]
     wg = w.reshape(*kernel, cin_g, groups, cout // groups)
@@ -104,7 +107,8 @@ def conv3d_vjp_reference(x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: Ints
     for tap in np.ndindex(*kernel):
         window = _window(spread, tap, rhs, stride, out_sizes)
         xs = window.reshape(*window.shape[:4], groups, cin_g)
-        dw[tap] = np.einsum("ndhwgi,ndhwgo->igo", xs, dyg)
+        present = _window(real, tap, rhs, stride, out_sizes)[..., None]  # (n, d, h, w, 1, 1)
+        dw[tap] = np.einsum("ndhwgi,ndhwgo->igo", xs, np.where(present, dyg, 0))
         d_window = _window(d_spread, tap, rhs, stride, out_sizes)  # a view: distinct elements per tap
         d_window += np.einsum("ndhwgo,igo->ndhwgi", dyg, wg[tap]).reshape(d_window.shape)
     dilated_shape = (x.shape[0], *((n - 1) * d + 1 for n, d in zip(sizes, lhs)), x.shape[4])

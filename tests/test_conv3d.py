@@ -248,14 +248,20 @@ def test_gathered_packing_is_pack_weights(dtype, groups, cin_g, cout_g):
 
 
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g, phases", [
-    ("float32", 8, 8, "L/2", 2), ("float32", 4, 4, "L/4", 4), ("float64", 2, 6, 2, 2), ("float32", 4, 2, "L/4", 1),
-    ("float32", 64, 1, 1, 1), ("float32", 32, 2, 1, 1), ("float32", 3, 3, 4, 1), ("float32", 1, 8, 32, 1)])
+    ("float32", 8, 8, "L/2", 2),
+    ("float32", 4, 4, "L/4", lambda lanes: 4 if lanes > 4 else 1),  # K = 4 = L groups: whole vectors
+    ("float64", 2, 6, 2, lambda lanes: 2 if lanes >= 4 else 1),  # two groups of 2 fit 4 lanes, not 2
+    ("float32", 4, 2, "L/4", 1), ("float32", 64, 1, 1, 1), ("float32", 32, 2, 1, 1), ("float32", 3, 3, 4, 1),
+    ("float32", 1, 8, 32, 1)])
 def test_blocked_input_phases_where_k_divides_the_group_inputs(dtype, groups, cin_g, cout_g, phases):
     """The blocked kernel's choice: K input phases of one group per vector when K (a power of two,
     below a whole vector) divides Cin_g, else K groups (or K = 1). Cout_g "L/n" is a fraction of the
-    target's lanes L (K = n groups fit a vector; L >= 8 in float32 wherever the suite runs natively)."""
+    target's lanes L (K = n groups fit a vector); where the choice depends on L, `phases` says how
+    (every target's lane count: SSE and NEON's 4 float32 lanes, AVX2's 8, AVX-512's 16)."""
+    lanes = blocked.lanes(dtype)
     if isinstance(cout_g, str):
-        cout_g = blocked.lanes(dtype) // int(cout_g[2:])
+        cout_g = lanes // int(cout_g[2:])
+    phases = phases(lanes) if callable(phases) else phases
     geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), (3, 3, 3, cin_g, groups * cout_g), stride=1,
                              padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=groups, channel_first=False)
     assert blocked._blocking(geometry, np.dtype(dtype)).phases == phases
@@ -272,10 +278,12 @@ def test_blocked_few_output_channels_as_input_phases(dtype, cin, cout, options):
                              padding=options["padding"], lhs_dilation=options.get("lhs_dilation", 1),
                              rhs_dilation=options.get("rhs_dilation", 1), groups=1, channel_first=False)
     blocking, width = blocked._blocking(geometry, np.dtype(dtype)), blocked.lanes(dtype)
-    if 2 * cout > width:
-        pytest.skip(f"{width} lanes: {cout} channels fill a vector's half")
-    assert blocking.phases > 1 and blocking.phases * cout <= width and conv._plan(geometry, dtype, None)[0] is \
-        blocked.run
+    kernel = conv._plan(geometry, dtype, None)[0]
+    if width < 4 or 2 * cout > width:  # no vector holds 4 channels (float64 on 128-bit vectors), or
+        # half a vector's channels are one group's: the loop nest
+        assert kernel is conv.KERNELS["grouped"]
+    else:
+        assert blocking.phases > 1 and blocking.phases * cout <= width and kernel is blocked.run
     rng = np.random.default_rng(cin)
     x = rng.standard_normal((2, 4, 5, 13, cin)).astype(dtype)
     w = rng.standard_normal((3, 3, 3, cin, cout)).astype(dtype)
@@ -287,13 +295,15 @@ def test_blocked_few_output_channels_as_input_phases(dtype, cin, cout, options):
     {"padding": "SAME"}, {"stride": (1, 1, 2), "padding": 1}, {"rhs_dilation": 2, "padding": "SAME"},
     {"lhs_dilation": (1, 1, 2), "padding": 1}])
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g, volumes", [
-    ("float32", 4, 8, 9, True), ("float64", 3, 3, 9, True), ("float32", 32, 2, 2, True),
+    ("float32", 4, 8, 9, True), ("float64", 3, 3, 9, True),
+    ("float32", 32, 2, 2, lambda lanes: lanes > 4),  # on 4 lanes K = 2 input phases instead: no copy
     ("float32", 2, 16, 12, False), ("float32", 1, 5, 20, False)])
 def test_blocked_unit_volumes(dtype, groups, cin_g, cout_g, volumes, options):
     """Units of short taps (here fewer than 16 input channels a group; on every x86 target one
     vector of output channels a group, or packed groups whose inputs are interleaved anyway) read x
     copied into a volume per unit, the others x as it is; both against the reference, with row ends,
-    strides and both dilations."""
+    strides and both dilations. Where the choice depends on the target's lanes, `volumes` says how."""
+    volumes = volumes(blocked.lanes(dtype)) if callable(volumes) else volumes
     rng = np.random.default_rng(groups * cin_g)
     x = rng.standard_normal((2, 3, 5, 13, groups * cin_g)).astype(dtype)
     w = rng.standard_normal((3, 2, 3, cin_g, groups * cout_g)).astype(dtype)

@@ -1,6 +1,7 @@
 """conv3d_vjp against the NumPy reference (property tests over random shapes and every option) and
 jax.vjp; weight_standardization_vjp and the layers' vjp against jax.vjp and brainstate (test extras;
-CI installs them)."""
+CI installs them). Only the tests that compare with JAX or brainstate need them: the others run
+without."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,20 +12,24 @@ from nbconv.cpu import weight_grad
 from nbconv.geometry import conv_geometry
 from nbconv.reference import conv3d_vjp_reference
 from tests.support import SIMULATED
-from tests.test_against_brainstate import _parameters
-from tests.test_against_jax import _three
 from tests.test_conv3d import conv_problems
 from tests.test_standardization import _standardize_parts
 
-jax = pytest.importorskip("jax")
-jnp = pytest.importorskip("jax.numpy")
-brainstate = pytest.importorskip("brainstate")
 pytestmark = pytest.mark.skipif(SIMULATED, reason="conv3d_vjp runs on the CPU backend only")
+
+
+def _jax():
+    """jax and jax.numpy in float64 (brainstate, imported by other modules, switches it off), or the
+    test is skipped."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    return jax, jax.numpy
 
 
 def lax_vjp(x, w, dy, stride, padding, lhs_dilation, rhs_dilation, groups, channel_first, bias=None):
     """dx, dw of jax.lax.conv_general_dilated in float64, and the sum of dy per output channel."""
-    jax.config.update("jax_enable_x64", True)  # brainstate, imported by other modules, switches it off
+    jax, jnp = _jax()
+    from tests.test_against_jax import _three
     layout = "NCDHW" if channel_first else "NDHWC"
     if not isinstance(padding, str):
         padding = np.broadcast_to(np.array(padding).reshape(-1, 2 if np.ndim(padding) == 2 else 1), (3, 2))
@@ -200,9 +205,25 @@ def test_nan_in_dy_reaches_the_inputs_its_taps_read_as_in_jax():
     np.testing.assert_array_equal(np.isnan(dw), np.isnan(want_dw))
 
 
+@pytest.mark.parametrize("options", [dict(padding="SAME"), dict(padding=2, lhs_dilation=2),
+                                     dict(padding=((1, 0), (2, 1), (0, 2)), stride=2, rhs_dilation=2)])
+def test_the_reference_forms_no_product_with_padding_in_dw_either(options):
+    """Inf and NaN in dy at the borders: the reference's dw has NaN exactly where nbconv's (and JAX's,
+    above) has, since neither multiplies dy by padding or an inserted zero."""
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((1, 4, 5, 4, 2)), rng.standard_normal((3, 3, 3, 2, 3))
+    dy = _cotangent(x, w, options)
+    dy[0, 0, 0, 0, 0], dy[0, -1, -1, -1, 1], dy[0, 0, -1, 0, 2] = np.inf, np.nan, -np.inf
+    dx, dw, _ = nbconv.conv3d_vjp(x, w, dy, **options)
+    want_dx, want_dw = conv3d_vjp_reference(x, w, dy, **options)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(want_dw))
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want_dx))
+    assert np.isnan(want_dw).any() and not np.isnan(want_dw).all()
+
+
 def lax_standardization_vjp(w, dw_hat, eps, gain, out_axis):
     """jax.vjp of brainstate's formula in float64 (gain * (w - mean) * rsqrt(max(var * fan_in, eps)))."""
-    jax.config.update("jax_enable_x64", True)
+    jax, jnp = _jax()
     axes = tuple(i for i in range(w.ndim) if i != out_axis % w.ndim)
     fan_in = np.prod([w.shape[i] for i in axes])
 
@@ -271,6 +292,10 @@ def test_layer_vjp_matches_brainstate(options, kind):
     float32. Each gradient is a float32 sum of L <= 400 products here, off by up to L * u * sum|terms|
     on each side, and on these normal draws sum|terms| stays within 100 x the largest |gradient|:
     400 * 2**-24 * 100 ~ 2.4e-3 of it."""
+    brainstate = pytest.importorskip("brainstate")
+    jax, jnp = _jax()
+    from tests.test_against_brainstate import _parameters
+
     rng = np.random.default_rng(4)
     w, bias, mask, x = _parameters(options, rng)
     ours = getattr(nbconv, kind)(**options, w_init=w, b_init=bias, w_mask=mask)

@@ -63,8 +63,11 @@ print("threads", all(results) and len(results) == 30, numba.threading_layer())
 
 def _layers():
     """The layers Numba can load here: workqueue always, OpenMP where Numba was built with it, TBB
-    where the `tbb` package is installed (the test extra has it where PyPI has wheels: x86-64)."""
-    probe = ("import numpy as np, numba, nbconv; nbconv.conv3d(np.ones((1, 1, 1, 1, 4)), np.ones((1, 1, 1, 4, 8)));"
+    where the `tbb` package is installed (the test extra has it where PyPI has wheels: x86-64).
+    Probed with a plain Numba kernel, not nbconv's, so that a layer nbconv breaks fails the tests
+    below instead of leaving them out (nbconv.cpu.parallel is imported: it makes pip's TBB findable)."""
+    probe = ("import numpy as np, numba, nbconv.cpu.parallel;"
+             " numba.njit(parallel=True)(lambda a: a.sum())(np.ones(64));"
              " assert numba.threading_layer() == {0!r}")
     return [layer for layer in ("workqueue", "omp", "tbb")
             if subprocess.run([sys.executable, "-c", probe.format(layer)], cwd=ROOT, capture_output=True,
