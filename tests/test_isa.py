@@ -1,7 +1,7 @@
 """The CPU kernels on every instruction set (`nbconv.cpu.target`), marked `isa` (`pytest -m isa`).
 
 - The micro-kernel's machine code for AVX-512 (skylake-avx512, znver4), AVX2 (haswell), SSE4.2
-  (x86-64-v2) and NEON (neoverse-n1, apple-m1), compiled here by llvmlite's target machines for every
+  (x86-64-v2), NEON (neoverse-n1, apple-m1) and SVE (neoverse-v1), compiled here by llvmlite's target machines for every
   kind of body: in its reduction loops (the innermost loops with FMAs), FMAs (or multiplies and adds
   without FMA), no vector register spilled or reloaded, and no calls (a libm `fma` per lane)
   anywhere. General registers reloaded from the stack (addresses, where a body of 12 pixels needs
@@ -28,7 +28,9 @@ pytestmark = pytest.mark.isa
 X86, ARM = "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"
 # (triple, CPU) -> what LLVM makes of it: vector bytes, registers, FMA
 TARGETS = {(X86, "skylake-avx512"): (64, 32, True), (X86, "znver4"): (64, 32, True), (X86, "haswell"): (32, 16, True),
-           (X86, "x86-64-v2"): (16, 16, False), (ARM, "neoverse-n1"): (16, 32, True), (ARM, "apple-m1"): (16, 32, True)}
+           (X86, "x86-64-v2"): (16, 16, False), (ARM, "neoverse-n1"): (16, 32, True), (ARM, "apple-m1"): (16, 32, True),
+           # SVE (Graviton 3): the same 128-bit NEON arithmetic, its masked stores SVE predicated ones
+           (ARM, "neoverse-v1"): (16, 32, True)}
 
 
 def families(target):
@@ -69,7 +71,8 @@ _LABEL = re.compile(r"^(\.?L\w+):")
 _BRANCH = re.compile(r"^\s+(?:j\w+|b(?:\.\w+)?|cbn?z\s+\w+,|tbn?z\s+\w+,\s*#\d+,)\s+(\.?L\w+)\s*$")
 _MULTIPLY = re.compile(r"\bv?fmadd\d+[ps][sd]\b|\bfmla\b|\bv?mulp[sd]\b|\bfmul\s+v")
 _STACK = re.compile(r"\(%rsp\)|\[sp\b")
-_VECTOR = re.compile(r"%[xyz]mm\d|\b[qd]\d+\b|\bv\d+\.")
+# x86's xmm/ymm/zmm, NEON's q, d and v, SVE's z (data) and p (predicate) registers
+_VECTOR = re.compile(r"%[xyz]mm\d|\b[qd]\d+\b|\bv\d+\.|\b[zp]\d+\b")
 # A function called (directly, or through a register after movabsq in the large code model).
 _CALLED = re.compile(r"^\s+(?:call\w*|bl|b|jmp\w*|movabsq)\s+\$?([A-Za-z_]\w*)", re.M)
 
