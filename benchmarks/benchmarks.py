@@ -72,24 +72,24 @@ class Conv3dBackward:
 
 
 class AfterIdle:
-    """One conv3d into a preallocated `out` after 20 ms without work (a loop doing other things
-    between layers): the worker threads have gone to sleep. Before nbconv/cpu/threads.py, medical_s2
-    took 4-7 ms so, 0.23 ms back to back."""
+    """One conv3d into a preallocated `out` after 20 or 200 ms without work (a loop doing other things
+    between layers, a service waiting for requests): the worker threads have gone to sleep
+    (docs/threads.md, "Calls after idle")."""
 
-    params = [["medical_s2", "depthwise_c64"]]
-    param_names = ["workload"]
+    params = [["medical_s2", "depthwise_c64"], [0.02, 0.2]]
+    param_names = ["workload", "idle_seconds"]
     timeout = 300
 
-    def setup(self, name):
+    def setup(self, name, idle):
         wl = WORKLOADS[name]
         x, w = wl.arrays()
         out = nbconv.conv3d(x, w, backend="cpu", **wl.options)
         self.run = lambda: nbconv.conv3d(x, w, backend="cpu", out=out, **wl.options)
 
-    def track_ms_after_idle(self, name):
+    def track_ms_after_idle(self, name, idle):
         times = []
         for _ in range(15):
-            time.sleep(0.02)
+            time.sleep(idle)
             start = time.perf_counter()
             self.run()
             times.append(time.perf_counter() - start)

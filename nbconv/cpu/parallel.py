@@ -22,6 +22,16 @@ from types import FunctionType
 import numba
 from numba import njit
 
+# GNU OpenMP's wait: a thread left without work spins GOMP_SPINCOUNT times (300,000 by default: several
+# milliseconds) before it sleeps. After an idle spell the scheduler may queue a woken worker on the main
+# thread's CPU, behind the main thread spinning at the region's end for that very worker, so a short call
+# lasted the whole spin (docs/threads.md). A short spin, still longer than the gap between back-to-back
+# calls, gives the CPU up soon. Set only where the user set neither variable, and before GNU OpenMP is
+# loaded (at the first parallel launch), since it reads them once.
+GOMP_SPINCOUNT = "10000"
+if not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
+    os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+
 # Where pip puts TBB's library (the `tbb` wheel's <prefix>/lib), by the name Numba asks for.
 _TBB_LIBRARIES = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib"}
 
