@@ -50,14 +50,13 @@ def conv3d_reference(x: ArrayLike, w: ArrayLike, stride: Ints = 1, padding: Padd
     cin_g, cout = w.shape[3], w.shape[4]
     out = np.zeros((x.shape[0], *out_sizes, groups, cout // groups), np.longdouble)
     wg = w.reshape(*kernel, cin_g, groups, cout // groups)
-    for kd in range(kernel[0]):
-        for kh in range(kernel[1]):
-            for kw in range(kernel[2]):
-                window = _window(x, (kd, kh, kw), rhs, stride, out_sizes)
-                present = _window(real, (kd, kh, kw), rhs, stride, out_sizes)
-                xs = window.reshape(*window.shape[:4], groups, cin_g)
-                part = np.einsum("ndhwgi,igo->ndhwgo", xs, wg[kd, kh, kw])
-                out += np.where(present[..., None], part, 0)
+    # No input channel has no product to sum (NumPy's einsum can leave a longdouble sum over nothing unset).
+    for tap in np.ndindex(*kernel) if cin_g else ():
+        window = _window(x, tap, rhs, stride, out_sizes)
+        present = _window(real, tap, rhs, stride, out_sizes)
+        xs = window.reshape(*window.shape[:4], groups, cin_g)
+        part = np.einsum("ndhwgi,igo->ndhwgo", xs, wg[tap])
+        out += np.where(present[..., None], part, 0)
     out = out.reshape(*out.shape[:4], cout)
     if bias is not None:
         out = out + np.asarray(bias, np.longdouble).reshape(-1)
@@ -104,7 +103,8 @@ def conv3d_vjp_reference(x: ArrayLike, w: ArrayLike, dy: ArrayLike, stride: Ints
     dyg = dy.reshape(*dy.shape[:4], groups, cout // groups)
     d_spread = np.zeros_like(spread)
     dw = np.zeros_like(wg)
-    for tap in np.ndindex(*kernel):
+    # An empty dy has no product to sum (NumPy's einsum can leave a longdouble sum over nothing unset).
+    for tap in np.ndindex(*kernel) if dy.size else ():
         window = _window(spread, tap, rhs, stride, out_sizes)
         xs = window.reshape(*window.shape[:4], groups, cin_g)
         present = _window(real, tap, rhs, stride, out_sizes)[..., None]  # (n, d, h, w, 1, 1)
