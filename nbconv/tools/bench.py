@@ -275,11 +275,15 @@ _SETTINGS = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_NUM_THREADS", "NUMBA
 def experiment(argv):
     """Where and how a run was made, for its JSON file: date, commit, CPU, cores, command, settings."""
     root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    commit = "unknown"
+    # Only a checkout of nbconv itself (an editable install): an installed copy under a virtual
+    # environment inside another repository would otherwise report that repository's commit.
+    if (root / ".git").exists() and (root / "pyproject.toml").exists():
+        try:
+            commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or commit
+        except OSError:
+            pass
     return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "cpu_model": _cpu_model(), "cores": os.cpu_count(),
             "command": shlex.join(["python", "-m", "nbconv", "bench", *argv]),
             "environment": {name: os.environ[name] for name in _SETTINGS if name in os.environ}}
