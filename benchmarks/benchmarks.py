@@ -117,6 +117,40 @@ class Layers:
         self.layer(self.x)
 
 
+class JaxLayer:
+    """brainstate's Conv3d on nbconv (nbconv.jax) under jax.jit: the forward, and a training step
+    (gradients in the parameters and the input, SGD update), as `python -m nbconv bench --jax` times
+    them (nbconv/tools/jax_bench.py); not run where jax and brainstate are not installed."""
+
+    params = [NAMES]
+    param_names = ["workload"]
+    timeout = 300
+
+    def setup(self, name):
+        try:
+            import jax
+
+            from nbconv.tools import jax_bench
+        except ImportError as err:
+            raise NotImplementedError(f"nbconv.jax needs the jax extra: {err}") from err
+        jax.config.update("jax_enable_x64", True)
+        wl = WORKLOADS[name]
+        x, w = wl.arrays()
+        with jax_bench.precision(wl):  # built and traced in the workload's dtype
+            layer = jax_bench.layers(wl, w)[1]
+            forward, step = jax_bench.jitted(layer)
+            xj, params = jax.device_put(x), layer.weight.value
+            self.forward = lambda: forward(xj, params).block_until_ready()
+            self.step = lambda: jax.block_until_ready(step(params, xj))
+            self.forward(), self.step()
+
+    def time_forward(self, name):
+        self.forward()
+
+    def time_training_step(self, name):
+        self.step()
+
+
 class WeightStandardization:
     params = [[(3, 3, 3, 64, 64), (3, 3, 3, 1, 64), (5, 5, 5, 128, 256)]]
     param_names = ["kernel_shape"]

@@ -15,3 +15,11 @@ __all__ = ["conv3d", "weight_standardization", "conv3d_vjp", "weight_standardiza
            "Conv3d", "ScaledWSConv3d", "ParamState", "init",
            "BackendUnavailableError", "set_num_threads", "get_num_threads"]
 __version__ = "0.2.0"
+
+
+def __getattr__(name):
+    # nbconv.jax imports JAX: only when it is asked for (nbconv.jax.conv3d after `import nbconv`).
+    if name == "jax":
+        import importlib
+        return importlib.import_module("nbconv.jax")
+    raise AttributeError(f"module 'nbconv' has no attribute {name!r}")

@@ -2,8 +2,9 @@
 (its oneDNN) and JAX/XLA, in one process.
 
 `python -m nbconv bench [--set public|heldout] [--workloads a,b] [--peers torch,onnxruntime,openvino,jax]
-[--repeats 7] [--json out.json] [--plot out.png] [--backward]`
-(--backward: the gradients, conv3d_vjp's dx and dw, against PyTorch autograd's backward.)
+[--repeats 7] [--json out.json] [--plot out.png] [--backward | --jax]`
+(--backward: the gradients, conv3d_vjp's dx and dw, against PyTorch autograd's backward; --jax:
+brainstate's Conv3d under jax.jit, XLA against nbconv.jax, nbconv/tools/jax_bench.py.)
 Each peer's output is first checked against nbconv's, so the table compares the same computation.
 Peers that are not installed are left out of the table.
 """
@@ -311,12 +312,16 @@ def main(argv=None):
     parser.add_argument("--plot", help="write a bar chart to this PNG file (needs matplotlib)")
     parser.add_argument("--backward", action="store_true",
                         help="time the gradients (dx and dw, conv3d_vjp) against PyTorch autograd's backward")
+    parser.add_argument("--jax", action="store_true",
+                        help="brainstate's Conv3d under jax.jit: XLA against nbconv.jax, forward and training step")
     args = parser.parse_args(argv)
     nbconv.set_num_threads(args.threads)
     workloads = load_workloads(args.set)
     names = args.workloads.split(",") if args.workloads else list(workloads)
-    factories = peers(args.threads, args.peers.split(",") if args.peers else None)
     peak = fma_peak_gflops(args.threads)
+    if args.jax:  # before the peers are imported: their thread pools would share the cores
+        return _jax_main(args, argv, [workloads[name] for name in names], peak)
+    factories = peers(args.threads, args.peers.split(",") if args.peers else None)
     if args.backward:
         factories = {name: factories[name] for name in factories if name == "torch"}
         rows = [measure_backward(workloads[name], args.threads, args.repeats, "torch" in factories) for name in names]
@@ -333,4 +338,23 @@ def main(argv=None):
                        "backward": args.backward, **experiment(argv), "rows": rows}, f, indent=1)
     if args.plot:
         plot(rows, list(factories), args.plot)
+    return 0
+
+
+def _jax_main(args, argv, workloads, peak):
+    import jax
+
+    from nbconv.tools import jax_bench
+
+    jax.config.update("jax_enable_x64", True)  # the float64 workloads; float32 ones stay float32
+    overhead = jax_bench.call_overhead(args.repeats)  # first, in a process that has run nothing large
+    rows = [jax_bench.measure(wl, args.repeats) for wl in workloads]
+    print(f"nbconv {nbconv.__version__}, jax {jax.__version__}, {args.threads} threads; compile target "
+          f"{TARGET.describe()}; peak {peak:.0f} GFLOP/s float32")
+    print(jax_bench.format_table(rows, overhead))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "set": args.set,
+                       "jax": jax.__version__, **experiment(argv), "rows": rows, "small_call_us": overhead}, f,
+                      indent=1)
     return 0

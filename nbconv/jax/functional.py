@@ -1,0 +1,177 @@
+"""`conv_general_dilated` and `conv3d` for JAX arrays.
+
+Their arguments in the kernels' terms (channels-last x, DHWIO w, explicit pads), and the
+differentiable convolution (`nbconv.jax.convolution`) between two transposes where the layout asks
+for them.
+"""
+from functools import lru_cache
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from nbconv.call import Array, Ints, Padding, validate
+from nbconv.jax.convolution import convolve
+
+# The dtypes the kernels compute in; the others fall back to XLA (conv_general_dilated) or are
+# computed in float32 (conv3d's float16 and bfloat16).
+NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Ints, padding: Padding,
+                         lhs_dilation: Ints | None = None, rhs_dilation: Ints | None = None,
+                         dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision=None, preferred_element_type=None) -> jax.Array:
+    """``jax.lax.conv_general_dilated`` with 3 spatial axes, computed by nbconv's CPU kernels.
+
+    The same signature, results, errors and dtype rules as ``jax.lax.conv_general_dilated``, under
+    ``jax.jit``, ``jax.grad`` / ``jax.vjp``, ``jax.vmap`` and ``jax.lax.scan``. Every layout that
+    ``dimension_numbers`` can name is taken: NDHWC / DHWIO runs without a copy, the others through
+    XLA transposes. The kernels compute every product exactly in the operands' dtype, so
+    ``precision`` (which asks XLA for at least some precision) needs nothing more.
+
+    Where the kernels do not apply, this is ``jax.lax.conv_general_dilated`` itself, with the
+    same arguments: ``lhs`` of another rank than 5, ``batch_group_count > 1``, dtypes other than
+    float32 and float64 (integers, complex, float16, bfloat16) or ``lhs`` and ``rhs`` of different
+    dtypes (JAX's own error), a ``preferred_element_type`` other than the operands' dtype, or a
+    default JAX backend other than the CPU.
+
+    Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) is not available:
+    the gradients come from a ``jax.custom_vjp``.
+
+    Parameters
+    ----------
+    lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count
+        As in ``jax.lax.conv_general_dilated``.
+    batch_group_count, precision, preferred_element_type
+        As in ``jax.lax.conv_general_dilated`` (see above for the values that fall back to it).
+
+    Returns
+    -------
+    jax.Array
+        The result, laid out as ``dimension_numbers`` says.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Whatever ``jax.lax.conv_general_dilated`` raises for the same arguments.
+    """
+    lax_args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                batch_group_count, precision, preferred_element_type)
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    if not _runs_on_kernels(lhs, rhs, batch_group_count, preferred_element_type):
+        return lax.conv_general_dilated(lhs, rhs, *lax_args)
+    plan = _plan(lhs.shape, rhs.shape, lhs.dtype, _hashable(lax_args))
+    x = _transpose(lhs, plan.lhs_order)
+    w = _transpose(rhs, plan.rhs_order)
+    return _transpose(convolve(x, w, None, plan.options), plan.out_order)
+
+
+def _runs_on_kernels(lhs, rhs, batch_group_count, preferred_element_type):
+    return (lhs.ndim == 5 and batch_group_count == 1 and lhs.dtype == rhs.dtype and lhs.dtype in NATIVE
+            and (preferred_element_type is None or np.dtype(preferred_element_type) == lhs.dtype)
+            and jax.default_backend() == "cpu")
+
+
+def _hashable(value):
+    """Turn lists (of lists) into tuples, so that the arguments can key a cache.
+
+    Other values (a ``ConvDimensionNumbers`` among them) stay as they are.
+    """
+    return tuple(_hashable(v) for v in value) if type(value) in (list, tuple) else value
+
+
+class _Plan(NamedTuple):
+    """How one conv_general_dilated call runs on the kernels.
+
+    The transposes into channels-last x and DHWIO w and out of the channels-last result (None where
+    none is needed), and the kernels' options.
+    """
+
+    lhs_order: tuple | None
+    rhs_order: tuple | None
+    out_order: tuple | None
+    options: tuple
+
+
+@lru_cache(maxsize=256)
+def _plan(lhs_shape, rhs_shape, dtype, lax_args):
+    """Plan a call, after ``jax.eval_shape`` of ``lax.conv_general_dilated`` itself has checked it.
+
+    So its errors are JAX's own.
+    """
+    (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, *_) = lax_args
+    jax.eval_shape(lambda lhs, rhs: lax.conv_general_dilated(lhs, rhs, *lax_args),
+                   jax.ShapeDtypeStruct(lhs_shape, dtype), jax.ShapeDtypeStruct(rhs_shape, dtype))
+    lhs_spec, rhs_spec, out_spec = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+    lhs_order = (lhs_spec[0], *lhs_spec[2:], lhs_spec[1])  # -> N, D, H, W, C
+    rhs_order = (*rhs_spec[2:], rhs_spec[1], rhs_spec[0])  # -> D, H, W, I, O
+    # The result's axis j holds the logical axis out_spec.index(j): batch, feature or spatial i,
+    # which the kernels' channels-last result holds at 0, 4 and 1 + i.
+    kernel_axis = (0, 4, 1, 2, 3)
+    out_order = tuple(kernel_axis[out_spec.index(j)] for j in range(5))
+    lhs_dilation, rhs_dilation = (tuple(d) if d is not None else (1, 1, 1) for d in (lhs_dilation, rhs_dilation))
+    if isinstance(padding, str):
+        kernel = [(rhs_shape[axis] - 1) * r + 1 for axis, r in zip(rhs_spec[2:], rhs_dilation)]
+        padding = lax.padtype_to_pads([lhs_shape[axis] for axis in lhs_spec[2:]], kernel, window_strides, padding)
+    call = validate(jax.ShapeDtypeStruct(tuple(lhs_shape[a] for a in lhs_order), dtype),
+                    jax.ShapeDtypeStruct(tuple(rhs_shape[a] for a in rhs_order), dtype), None,
+                    (tuple(window_strides), tuple(map(tuple, padding)), lhs_dilation, rhs_dilation,
+                     feature_group_count, False))
+    return _Plan(*(None if order == tuple(range(5)) else order for order in (lhs_order, rhs_order, out_order)),
+                 options=_options(call.geometry))
+
+
+def _transpose(a, order):
+    return a if order is None else jnp.transpose(a, order)
+
+
+def _options(geometry):
+    """Return a validated geometry's options, as `nbconv.jax.primitives` takes them."""
+    return geometry.stride, geometry.pads, geometry.lhs_dilation, geometry.rhs_dilation, geometry.groups
+
+
+def conv3d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", lhs_dilation: Ints = 1,
+           rhs_dilation: Ints = 1, groups: int = 1, bias: Array | None = None,
+           channel_first: bool = False) -> jax.Array:
+    """`nbconv.conv3d` for JAX arrays, under ``jax.jit``, ``jax.grad``, ``jax.vmap`` and ``jax.lax.scan``.
+
+    The options and results of `nbconv.conv3d` (so ``"SAME"`` with ``lhs_dilation > 1`` too), with
+    JAX's dtype promotion: mixed operands promote as ``jnp.result_type`` says, integers and bools
+    compute in JAX's default float (float64 under ``jax_enable_x64``, else float32), float16 and
+    bfloat16 in float32, returned in their own dtype. Always on the CPU.
+
+    Parameters
+    ----------
+    x, w, stride, padding, lhs_dilation, rhs_dilation, groups, bias, channel_first
+        As in `nbconv.conv3d`; the arrays are JAX arrays or anything ``jnp.asarray`` takes.
+
+    Returns
+    -------
+    jax.Array
+        As `nbconv.conv3d` gives it.
+
+    Raises
+    ------
+    ValueError
+        A shape or option that does not fit, named in the message.
+    TypeError
+        A complex or non-numeric dtype.
+    """
+    operands = [jnp.asarray(a) for a in (x, w) + (() if bias is None else (bias,))]
+    result = jnp.result_type(*operands)
+    if not (jnp.issubdtype(result, jnp.integer) or jnp.issubdtype(result, jnp.floating) or result == jnp.bool_):
+        raise TypeError(f"conv3d takes real numbers, got the dtypes {[str(a.dtype) for a in operands]}")
+    if not jnp.issubdtype(result, jnp.floating):
+        result = jax.dtypes.canonicalize_dtype(np.float64)
+    compute = np.dtype(result) if np.dtype(result) in NATIVE else np.dtype(np.float32)
+    x, w, *bias = (a.astype(compute) for a in operands)
+    call = validate(x, w, bias[0] if bias else None,
+                    (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
+    x5 = x if call.batched else x[None]
+    x5 = jnp.moveaxis(x5, 1, -1) if call.channel_first else x5
+    y = convolve(x5, w, bias[0].reshape(-1) if bias else None, _options(call.geometry))
+    y = jnp.moveaxis(y, -1, 1) if call.channel_first else y
+    return (y if call.batched else y[0]).astype(result)
