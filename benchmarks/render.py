@@ -77,9 +77,9 @@ def environment_text(result):
 
 
 def what(result):
-    """A short name of the measurement: set, direction."""
+    """A short name of the measurement: set, and direction or what ran."""
     if "jax" in result:
-        return result["set"]
+        return f"{result.get('set', 'public')} set, brainstate's Conv3d under jax.jit (jax {result['jax']})"
     direction = "backward (dx and dw)" if result.get("backward") else "forward"
     return f"{result.get('set', 'public')} set, {direction}"
 
@@ -193,7 +193,6 @@ def render_jax(results_dir=RESULTS / "jax", out=OUT / "jax.md"):
     sections = []
     for path in paths:
         result = load(path)
-        result["set"] = f"{result.get('set', 'public')} set, brainstate's Conv3d under jax.jit (jax {result['jax']})"
         sections.append(f"### {result['name']}: {result.get('cpu_model', 'unknown CPU')}\n\n{experiment(result)}\n\n"
                         f"{jax_table(result)}")
     Path(out).write_text(header + "\n" + ("\n\n".join(sections) or "No results yet.") + "\n")

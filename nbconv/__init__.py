@@ -21,5 +21,8 @@ def __getattr__(name):
     # nbconv.jax imports JAX: only when it is asked for (nbconv.jax.conv3d after `import nbconv`).
     if name == "jax":
         import importlib
-        return importlib.import_module("nbconv.jax")
+        try:
+            return importlib.import_module("nbconv.jax")
+        except ImportError as err:  # an AttributeError, so that hasattr(nbconv, "jax") is False
+            raise AttributeError(f"nbconv.jax needs JAX: pip install 'nbconv[jax]' ({err})") from err
     raise AttributeError(f"module 'nbconv' has no attribute {name!r}")

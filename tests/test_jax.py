@@ -83,6 +83,11 @@ def test_conv_general_dilated_matches_lax_under_jit_and_grad(problem):
     grads = jax.jit(lambda a, b: jax.vjp(ours, a, b)[1](dy))(lhs, rhs)
     for g, w in zip(grads, jax.vjp(theirs, lhs, rhs)[1](dy)):
         _close(g, w, scale * np.abs(dy).max(initial=0) * max(dy.size, 1))
+    # vmap over a new leading axis of either operand, whatever the layout puts first
+    pair = np.stack([lhs, -2 * lhs]), np.stack([rhs, rhs[::-1]])
+    for in_axes in ((0, None), (None, 0)):
+        operands = [pair[i] if axis == 0 else (lhs, rhs)[i] for i, axis in enumerate(in_axes)]
+        _close(jax.jit(jax.vmap(ours, in_axes))(*operands), jax.vmap(theirs, in_axes)(*operands), 2 * scale)
 
 
 @settings(max_examples=40, deadline=None)
@@ -320,9 +325,41 @@ def test_use_nbconv_switches_a_model_and_back():
     assert [type(m) for m in net.layers] == [brainstate.nn.Conv3d, brainstate.nn.ReLU, brainstate.nn.ScaledWSConv3d]
 
 
-def test_importing_nbconv_does_not_import_jax():
+def test_another_default_backend_runs_on_lax(monkeypatch):
+    """Where JAX computes on another device, both functions are lax's convolution (nbconv's
+    "SAME" with input dilation too, through explicit pads)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    x, w = np.random.default_rng(0).standard_normal((2, 4, 5, 3, 2)), np.ones((3, 3, 3, 2, 4))
+    ours = lambda a: nbjax.conv3d(a, w, padding="SAME", lhs_dilation=2, bias=np.arange(4.0))  # noqa: E731
+    assert "nbconv" not in str(jax.make_jaxpr(ours)(x))
+    assert_conv_close(ours(x), x, w, padding="SAME", lhs_dilation=2, bias=np.arange(4.0))
+    lax_conv = lambda a: nbjax.conv_general_dilated(a, w, (1, 1, 1), "SAME", dimension_numbers=LAYOUTS[0])  # noqa
+    assert "nbconv" not in str(jax.make_jaxpr(lax_conv)(x))
+
+
+def _python(code):
     import subprocess
     import sys
 
-    code = "import sys, nbconv; assert 'jax' not in sys.modules; nbconv.jax.conv3d; assert 'jax' in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_importing_nbconv_does_not_import_jax():
+    _python("import sys, nbconv; assert 'jax' not in sys.modules; nbconv.jax.conv3d; assert 'jax' in sys.modules")
+
+
+def test_without_jax_nbconv_has_no_jax_attribute():
+    _python("import sys; sys.modules['jax'] = None; import nbconv; assert not hasattr(nbconv, 'jax')")
+
+
+def test_the_layers_keep_the_users_x64_setting():
+    """brainstate switches x64 off as it is imported; nbconv.jax imports it lazily, and keeps it on."""
+    _python("import jax; jax.config.update('jax_enable_x64', True); import nbconv.jax; nbconv.jax.Conv3d; "
+            "assert jax.config.jax_enable_x64")
+
+
+def test_the_process_exits_with_work_in_flight():
+    """Work still running at exit ends first (its host calls need the interpreter): no hang."""
+    _python("import jax, jax.numpy as jnp, nbconv.jax as nj\n"
+            "x = jnp.ones((4, 24, 24, 24, 8))\n"
+            "for _ in range(3): y = jax.jit(lambda a: jnp.sin(nj.conv3d(jnp.cos(a), jnp.ones((3, 3, 3, 8, 8)))))(x)")

@@ -13,6 +13,20 @@ _BRAINSTATE = ("Conv3d", "ScaledWSConv3d", "use_nbconv")
 
 def __getattr__(name):
     if name in _BRAINSTATE:
-        from nbconv.jax import layers
-        return getattr(layers, name)
+        return getattr(_layers(), name)
     raise AttributeError(f"module 'nbconv.jax' has no attribute {name!r}")
+
+
+def _layers():
+    """Import nbconv.jax.layers, and with it brainstate, keeping the user's ``jax_enable_x64``.
+
+    brainstate switches it off as it loads; the setting is kept as if brainstate had been imported
+    before it was made.
+    """
+    import jax
+
+    x64 = jax.config.jax_enable_x64
+    from nbconv.jax import layers
+
+    jax.config.update("jax_enable_x64", x64)
+    return layers

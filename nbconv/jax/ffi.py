@@ -2,16 +2,20 @@
 
 XLA calls the handler with its operands and its result buffers; the handler wraps them as NumPy
 arrays, without a copy, and runs the host function that the call's ``index`` attribute names, which
-writes the results into XLA's buffers. ``jax.pure_callback`` would instead copy every operand into
+fills the result buffers. ``jax.pure_callback`` would instead copy every operand into
 a JAX array, and every result out of a NumPy array that the callback allocated: some 50 us a call,
 and a page-faulting copy of every result (docs/jax.md).
 
 The handler is a ``ctypes`` function, so it takes the GIL whichever XLA thread calls it. The
 structures below are those of XLA's FFI C API (``xla/ffi/api/c_api.h`` under
 ``jax.ffi.include_dir()``), a stable binary interface whose structs grow only at their end. Any
-exception in a host function, ``KeyboardInterrupt`` included, becomes an XLA error, which JAX raises
-in the caller with its message.
+exception in a host function becomes an XLA error, which JAX raises in the caller with its message:
+Ctrl-C stops the kernel between two of its slices (docs/threads.md) and reaches the caller as JAX's
+runtime error naming ``KeyboardInterrupt``.
+
+Reloading this module (``importlib.reload``) is not supported: XLA keeps the first handler.
 """
+import atexit
 import ctypes
 import threading
 import traceback
@@ -119,12 +123,10 @@ def _array(buffer, writeable):
 
 
 def _describe(frame):
-    """Answer registration's question: which version of the API the handler speaks. The runtime's
-    own where the frame names it (newer JAX); else 0.1, the first, whose structures are the prefixes
-    read here (JAX 0.5 passes no API with the question)."""
+    """Answer registration's question: which version of the API the handler speaks. 0.1, the first:
+    the structures read here are its prefixes, and XLA accepts it as long as it supports 0.1."""
     metadata = _c.cast(frame.extension_start, _c.POINTER(_MetadataExtension)).contents.metadata.contents
-    version = frame.api.contents.api_version if frame.api else _Version(major=0, minor=1)
-    metadata.api_version.major, metadata.api_version.minor = version.major, version.minor
+    metadata.api_version.major, metadata.api_version.minor = 0, 1
     metadata.traits = 0
 
 
@@ -142,6 +144,17 @@ def _handle(frame):
     except BaseException as err:  # noqa: B036 - an exception may not cross into XLA's C++ frames
         message = "".join(traceback.format_exception_only(type(err), err)).strip().encode()
         return frame.api.contents.error_create(_c.byref(_ErrorArgs(_c.sizeof(_ErrorArgs), None, message, _INTERNAL)))
+
+
+@atexit.register
+def _finish():
+    """Let work still in flight end while its host calls can take the GIL: at exit, XLA's threads
+    wait for it, and a handler that can no longer run would leave the process hanging."""
+    for array in jax.live_arrays():
+        try:
+            array.block_until_ready()
+        except Exception:  # noqa: BLE001, S110 - a failed or deleted array has nothing left to wait for
+            pass
 
 
 _HANDLER = _c.CFUNCTYPE(_c.c_void_p, _c.POINTER(_CallFrame))(_handle)  # kept alive here, for XLA

@@ -4,7 +4,6 @@ Their arguments in the kernels' terms (channels-last x, DHWIO w, explicit pads),
 differentiable convolution (`nbconv.jax.convolution`) between two transposes where the layout asks
 for them.
 """
-from functools import lru_cache
 from typing import NamedTuple
 
 import jax
@@ -38,8 +37,8 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Ints, padding: 
     dtypes (JAX's own error), a ``preferred_element_type`` other than the operands' dtype, or a
     default JAX backend other than the CPU.
 
-    Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) is not available:
-    the gradients come from a ``jax.custom_vjp``.
+    Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``) and gradients of
+    gradients are not available: the gradients come from a ``jax.custom_vjp``.
 
     Parameters
     ----------
@@ -63,7 +62,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Ints, padding: 
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     if not _runs_on_kernels(lhs, rhs, batch_group_count, preferred_element_type):
         return lax.conv_general_dilated(lhs, rhs, *lax_args)
-    plan = _plan(lhs.shape, rhs.shape, lhs.dtype, _hashable(lax_args))
+    plan = _planned(lhs, rhs, lax_args)
     x = _transpose(lhs, plan.lhs_order)
     w = _transpose(rhs, plan.rhs_order)
     return _transpose(convolve(x, w, None, plan.options), plan.out_order)
@@ -75,12 +74,39 @@ def _runs_on_kernels(lhs, rhs, batch_group_count, preferred_element_type):
             and jax.default_backend() == "cpu")
 
 
-def _hashable(value):
-    """Turn lists (of lists) into tuples, so that the arguments can key a cache.
+def _planned(lhs, rhs, lax_args):
+    """Plan a call, once per sizes, dtype and arguments.
 
-    Other values (a ``ConvDimensionNumbers`` among them) stay as they are.
+    First ``jax.eval_shape`` of ``lax.conv_general_dilated`` itself checks them, so the errors are
+    JAX's own.
     """
-    return tuple(_hashable(v) for v in value) if type(value) in (list, tuple) else value
+    key = (lhs.shape, rhs.shape, lhs.dtype, _key(lax_args))
+    plan = _plans.get(key)
+    if plan is None:
+        jax.eval_shape(lambda a, b: lax.conv_general_dilated(a, b, *lax_args),
+                       jax.ShapeDtypeStruct(lhs.shape, lhs.dtype), jax.ShapeDtypeStruct(rhs.shape, rhs.dtype))
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        plan = _plans[key] = _plan(lhs.shape, rhs.shape, lhs.dtype, lax_args)
+    return plan
+
+
+_plans = {}
+MAX_PLANS = 256
+
+
+def _key(value):
+    """Make a hashable stand-in for an argument.
+
+    Lists and tuples stay apart (JAX refuses some of one where it takes the other), arrays become
+    their values, and a ``ConvDimensionNumbers`` (a named tuple) stays as it is.
+    """
+    if type(value) in (list, tuple):
+        return type(value), tuple(_key(v) for v in value)
+    if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not hasattr(value, "_fields")):
+        array = np.asarray(value)
+        return np.ndarray, array.shape, tuple(array.ravel().tolist())
+    return value
 
 
 class _Plan(NamedTuple):
@@ -96,15 +122,9 @@ class _Plan(NamedTuple):
     options: tuple
 
 
-@lru_cache(maxsize=256)
 def _plan(lhs_shape, rhs_shape, dtype, lax_args):
-    """Plan a call, after ``jax.eval_shape`` of ``lax.conv_general_dilated`` itself has checked it.
-
-    So its errors are JAX's own.
-    """
+    """Plan a call that JAX has checked."""
     (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, *_) = lax_args
-    jax.eval_shape(lambda lhs, rhs: lax.conv_general_dilated(lhs, rhs, *lax_args),
-                   jax.ShapeDtypeStruct(lhs_shape, dtype), jax.ShapeDtypeStruct(rhs_shape, dtype))
     lhs_spec, rhs_spec, out_spec = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
     lhs_order = (lhs_spec[0], *lhs_spec[2:], lhs_spec[1])  # -> N, D, H, W, C
     rhs_order = (*rhs_spec[2:], rhs_spec[1], rhs_spec[0])  # -> D, H, W, I, O
@@ -112,14 +132,15 @@ def _plan(lhs_shape, rhs_shape, dtype, lax_args):
     # which the kernels' channels-last result holds at 0, 4 and 1 + i.
     kernel_axis = (0, 4, 1, 2, 3)
     out_order = tuple(kernel_axis[out_spec.index(j)] for j in range(5))
-    lhs_dilation, rhs_dilation = (tuple(d) if d is not None else (1, 1, 1) for d in (lhs_dilation, rhs_dilation))
+    window_strides, lhs_dilation, rhs_dilation = (tuple(map(int, v)) if v is not None else (1, 1, 1)
+                                                  for v in (window_strides, lhs_dilation, rhs_dilation))
     if isinstance(padding, str):
         kernel = [(rhs_shape[axis] - 1) * r + 1 for axis, r in zip(rhs_spec[2:], rhs_dilation)]
         padding = lax.padtype_to_pads([lhs_shape[axis] for axis in lhs_spec[2:]], kernel, window_strides, padding)
     call = validate(jax.ShapeDtypeStruct(tuple(lhs_shape[a] for a in lhs_order), dtype),
                     jax.ShapeDtypeStruct(tuple(rhs_shape[a] for a in rhs_order), dtype), None,
-                    (tuple(window_strides), tuple(map(tuple, padding)), lhs_dilation, rhs_dilation,
-                     feature_group_count, False))
+                    (window_strides, tuple((int(lo), int(hi)) for lo, hi in padding), lhs_dilation, rhs_dilation,
+                     int(feature_group_count), False))
     return _Plan(*(None if order == tuple(range(5)) else order for order in (lhs_order, rhs_order, out_order)),
                  options=_options(call.geometry))
 
@@ -141,7 +162,8 @@ def conv3d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", l
     The options and results of `nbconv.conv3d` (so ``"SAME"`` with ``lhs_dilation > 1`` too), with
     JAX's dtype promotion: mixed operands promote as ``jnp.result_type`` says, integers and bools
     compute in JAX's default float (float64 under ``jax_enable_x64``, else float32), float16 and
-    bfloat16 in float32, returned in their own dtype. Always on the CPU.
+    bfloat16 in float32, returned in their own dtype. Where JAX's default backend is not the CPU,
+    the same convolution runs on ``jax.lax.conv_general_dilated``.
 
     Parameters
     ----------
@@ -172,6 +194,18 @@ def conv3d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", l
                     (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
     x5 = x if call.batched else x[None]
     x5 = jnp.moveaxis(x5, 1, -1) if call.channel_first else x5
-    y = convolve(x5, w, bias[0].reshape(-1) if bias else None, _options(call.geometry))
+    bias = bias[0].reshape(-1) if bias else None
+    if jax.default_backend() == "cpu":
+        y = convolve(x5, w, bias, _options(call.geometry))
+    else:  # the same convolution on the default backend's own (explicit pads keep nbconv's "SAME")
+        y = _on_lax(x5, w, bias, call.geometry)
     y = jnp.moveaxis(y, -1, 1) if call.channel_first else y
     return (y if call.batched else y[0]).astype(result)
+
+
+def _on_lax(x5, w, bias, geometry):
+    """conv(x5, w) + bias on ``jax.lax.conv_general_dilated``: channels-last, the call's pads."""
+    y = lax.conv_general_dilated(x5, w, geometry.stride, geometry.pads, lhs_dilation=geometry.lhs_dilation,
+                                 rhs_dilation=geometry.rhs_dilation, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                                 feature_group_count=geometry.groups, precision=lax.Precision.HIGHEST)
+    return y if bias is None else y + bias

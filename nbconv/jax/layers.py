@@ -56,7 +56,9 @@ def use_nbconv(model: brainstate.nn.Module, enable: bool = True) -> brainstate.n
 
     The modules keep their states, parameters and attributes: only their class changes (to
     `Conv3d` / `ScaledWSConv3d` of this package, subclasses that add nothing but the kernels), so a
-    function already jitted on the model must be traced again to see it.
+    function already jitted on the model must be traced again to see it. Modules of exactly
+    brainstate's two classes are switched; a subclass of them, which may compute its own way, is
+    left as it is.
 
     Parameters
     ----------

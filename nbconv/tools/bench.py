@@ -310,11 +310,14 @@ def main(argv=None):
     parser.add_argument("--peers", help=f"comma-separated peers (default: those installed of {','.join(PEERS)})")
     parser.add_argument("--json", help="write the rows to this JSON file")
     parser.add_argument("--plot", help="write a bar chart to this PNG file (needs matplotlib)")
-    parser.add_argument("--backward", action="store_true",
-                        help="time the gradients (dx and dw, conv3d_vjp) against PyTorch autograd's backward")
-    parser.add_argument("--jax", action="store_true",
-                        help="brainstate's Conv3d under jax.jit: XLA against nbconv.jax, forward and training step")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--backward", action="store_true",
+                      help="time the gradients (dx and dw, conv3d_vjp) against PyTorch autograd's backward")
+    kind.add_argument("--jax", action="store_true",
+                      help="brainstate's Conv3d under jax.jit: XLA against nbconv.jax, forward and training step")
     args = parser.parse_args(argv)
+    if args.jax and (args.peers or args.plot):
+        parser.error("--jax compares XLA and nbconv.jax only: it takes no --peers and no --plot")
     nbconv.set_num_threads(args.threads)
     workloads = load_workloads(args.set)
     names = args.workloads.split(",") if args.workloads else list(workloads)
