@@ -130,9 +130,11 @@ def _describe(frame):
     metadata.traits = 0
 
 
-def _handle(frame):
-    frame = frame.contents
+def _handle(pointer):
+    # Nothing may escape into XLA's C++ frames: ctypes would hand XLA an undefined error pointer.
+    # So the error is made here, in this frame (a Ctrl-C can land at the entry of any function).
     try:
+        frame = pointer.contents
         if frame.extension_start and frame.extension_start.contents.type == _METADATA:
             _describe(frame)
             return None
@@ -141,9 +143,15 @@ def _handle(frame):
         results = [_array(frame.rets.items[i], True) for i in range(frame.rets.size)]
         function(operands, results)
         return None
-    except BaseException as err:  # noqa: B036 - an exception may not cross into XLA's C++ frames
-        message = "".join(traceback.format_exception_only(type(err), err)).strip().encode()
-        return frame.api.contents.error_create(_c.byref(_ErrorArgs(_c.sizeof(_ErrorArgs), None, message, _INTERNAL)))
+    except BaseException as err:  # noqa: B036
+        failure = err
+    while True:  # a second Ctrl-C while the error is made is reported instead
+        try:
+            message = "".join(traceback.format_exception_only(type(failure), failure)).strip().encode()
+            create = pointer.contents.api.contents.error_create
+            return create(_c.byref(_ErrorArgs(_c.sizeof(_ErrorArgs), None, message, _INTERNAL)))
+        except BaseException as again:  # noqa: B036
+            failure = again
 
 
 @atexit.register
