@@ -128,6 +128,7 @@ class JaxLayer:
 
     def setup(self, name):
         try:
+            import brainstate  # noqa: F401 - jax_bench imports it where it builds the layers
             import jax
 
             from nbconv.tools import jax_bench
@@ -137,11 +138,7 @@ class JaxLayer:
         wl = WORKLOADS[name]
         x, w = wl.arrays()
         with jax_bench.precision(wl):  # built and traced in the workload's dtype
-            layer = jax_bench.layers(wl, w)[1]
-            forward, step = jax_bench.jitted(layer)
-            xj, params = jax.device_put(x), layer.weight.value
-            self.forward = lambda: forward(xj, params).block_until_ready()
-            self.step = lambda: jax.block_until_ready(step(params, xj))
+            self.forward, self.step = jax_bench.runners(jax_bench.layers(wl, w)[1], jax.device_put(x))
             self.forward(), self.step()
 
     def time_forward(self, name):

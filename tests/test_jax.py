@@ -274,9 +274,7 @@ def test_layers_match_brainstate(kind, options):
     """Same parameters and attributes; outputs and every parameter's gradient within float32
     rounding (both sides sum the same products in another order)."""
     jax.config.update("jax_enable_x64", False)
-    mask = (np.random.default_rng(2).random((*([options["kernel_size"]] * 3 if isinstance(
-        options["kernel_size"], int) else options["kernel_size"]), options["in_size"][0 if options.get(
-            "channel_first") else -1] // options.get("groups", 1), options["out_channels"])) > 0.2).astype(np.float32)
+    mask = (np.random.default_rng(2).random(nbconv.Conv3d(**options).kernel_shape) > 0.2).astype(np.float32)
     theirs, ours = _pair(kind, options, b_init=brainstate.nn.init.Normal(), w_mask=mask)
     for name in ("in_size", "out_size", "kernel_shape", "stride", "padding", "lhs_dilation", "rhs_dilation", "groups"):
         assert getattr(ours, name) == getattr(theirs, name), name

@@ -103,7 +103,7 @@ def _key(value):
     """
     if type(value) in (list, tuple):
         return type(value), tuple(_key(v) for v in value)
-    if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not hasattr(value, "_fields")):
+    if hasattr(value, "__array__"):
         array = np.asarray(value)
         return np.ndarray, array.shape, tuple(array.ravel().tolist())
     return value

@@ -7,8 +7,9 @@
 Their ``options`` are a validated call's geometry: ``(stride, pads, lhs_dilation, rhs_dilation,
 groups)``, each a tuple, so that they are hashable parameters of the jaxpr.
 
-Each lowers to a call of the FFI target of `nbconv.jax.ffi`, whose host function writes the results
-straight into XLA's buffers; outside ``jit`` they run on NumPy views of the operands.
+Each lowers to a call of the FFI target of `nbconv.jax.ffi`, whose host function fills XLA's result
+buffers (the convolution writes straight into its own, the vjp copies dx and dw in); outside ``jit``
+they run on NumPy views of the operands.
 
 Batching (``jax.vmap``) folds the mapped axis into the batch where the weights are shared, and into
 the groups where they are mapped too (per-example weights or gradients): one kernel call either way.

@@ -336,9 +336,7 @@ def main(argv=None):
         print("backward: dx and dw, GFLOP/s counting twice the forward's FLOPs")
     print(format_table(rows, list(factories)))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "set": args.set,
-                       "backward": args.backward, **experiment(argv), "rows": rows}, f, indent=1)
+        write_json(args, argv, peak, rows, backward=args.backward)
     if args.plot:
         plot(rows, list(factories), args.plot)
     return 0
@@ -356,8 +354,12 @@ def _jax_main(args, argv, workloads, peak):
           f"{TARGET.describe()}; peak {peak:.0f} GFLOP/s float32")
     print(jax_bench.format_table(rows, overhead))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "set": args.set,
-                       "jax": jax.__version__, **experiment(argv), "rows": rows, "small_call_us": overhead}, f,
-                      indent=1)
+        write_json(args, argv, peak, rows, jax=jax.__version__, small_call_us=overhead)
     return 0
+
+
+def write_json(args, argv, peak, rows, **kind):
+    """A run's rows with its target, peak, threads, set and experiment, and `kind` (what ran), to args.json."""
+    with open(args.json, "w") as f:
+        json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "set": args.set,
+                   **kind, **experiment(argv), "rows": rows}, f, indent=1)

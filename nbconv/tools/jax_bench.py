@@ -27,8 +27,9 @@ def layers(wl, w):
     return brainstate.nn.Conv3d(**options), nbconv.jax.Conv3d(**options)
 
 
-def jitted(layer):
-    """(forward, step) of a layer, jitted; the step returns the loss, dx and the updated parameters."""
+def runners(layer, x):
+    """(forward, step) of a layer on x, jitted, each a call that waits for its result; the step
+    returns the loss, dx and the updated parameters."""
     import jax
     import jax.numpy as jnp
 
@@ -39,7 +40,8 @@ def jitted(layer):
         value, (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1))(params, x)
         return value, dx, jax.tree.map(lambda p, g: p - 0.01 * g, params, grads)
 
-    return jax.jit(layer._conv_op), jax.jit(step)
+    forward, step, params = jax.jit(layer._conv_op), jax.jit(step), layer.weight.value
+    return (lambda: forward(x, params).block_until_ready()), (lambda: jax.block_until_ready(step(params, x)))
 
 
 def measure(wl, repeats):
@@ -65,10 +67,7 @@ def _measure(wl, repeats):
     forwards, steps = {}, {}
     xla, ours = layers(wl, w)
     for name, layer in (("xla", xla), ("nbconv.jax", ours)):
-        forward, step = jitted(layer)
-        params = layer.weight.value
-        forwards[name] = lambda forward=forward, params=params: forward(xj, params).block_until_ready()
-        steps[name] = lambda step=step, params=params: jax.block_until_ready(step(params, xj))
+        forwards[name], steps[name] = runners(layer, xj)
 
     def numpy_step():  # the same step in NumPy: loss, dy, dx, dw and the update
         y = nbconv.conv3d(x, w, **wl.options)
