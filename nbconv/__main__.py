@@ -1,7 +1,9 @@
 """`python -m nbconv`: convolve the seed example shapes on the CPU and report what was achieved.
 `python -m nbconv bench ...`: the peer comparison (see nbconv/tools/bench.py).
 `python -m nbconv volume ...`: a layer over a Zarr volume on a dask.distributed cluster (nbconv/tools/volume.py).
-`python -m nbconv train ...`: a two-layer network trained in NumPy with the layers' vjp (nbconv/tools/training.py)."""
+`python -m nbconv train ...`: a two-layer network trained in NumPy with the layers' vjp (nbconv/tools/training.py).
+`python -m nbconv device-check --out DIR`: the CUDA tests, bench and kernels' report on a GPU
+(nbconv/tools/device_check.py)."""
 import argparse
 import sys
 import time
@@ -43,6 +45,9 @@ def main(argv=None):
     if argv[:1] == ["volume"]:
         from nbconv.tools.volume import main as volume
         return volume(argv[1:])
+    if argv[:1] == ["device-check"]:
+        from nbconv.tools.device_check import main as device_check
+        return device_check(argv[1:])
     if argv[:1] == ["train"]:
         from nbconv.tools.training import main as train
         return train(argv[1:])

@@ -4,8 +4,8 @@ A backend is 'cpu', 'cuda', or 'auto' (CUDA when an input is already on the devi
 
 Every backend module offers the same entries: ``convolve(call, x, w, bias, out)`` for a validated
 `ConvCall` (`nbconv.call`) and ``standardize_columns(columns, eps, gains)``; the CUDA backend also
-``to_host(a)`` and ``to_device(a)``. Nothing here touches CUDA at import time; `nbconv.cuda` is
-imported only when a call needs it.
+``to_host(a)``, ``to_device(a)``, ``as_device(a)`` and ``vjp(...)``, conv3d_vjp on the device. Nothing
+here touches CUDA at import time; `nbconv.cuda` is imported only when a call needs it.
 """
 import os
 from types import ModuleType
@@ -67,6 +67,17 @@ def cuda_module() -> ModuleType:
             "use backend='cpu', or set NUMBA_ENABLE_CUDASIM=1 to run the kernels in the simulator.")
     from nbconv import cuda as backend
     return backend
+
+
+def device_views(*arrays):
+    """Return Numba views of the device arrays among `arrays`, the others as they are.
+
+    CuPy and PyTorch arrays then have NumPy dtypes and C-order checks.
+    """
+    if not any(is_device_array(a) for a in arrays):
+        return arrays
+    backend = cuda_module()
+    return tuple(backend.as_device(a) if is_device_array(a) else a for a in arrays)
 
 
 def on_host(a, name: str, optional: bool = False):

@@ -17,7 +17,7 @@ from nbconv.call import (
     to_columns,
     validate,
 )
-from nbconv.dispatch import backend_module, choose_backend, cuda_module, on_host
+from nbconv.dispatch import backend_module, choose_backend, cuda_module, device_views, on_host
 
 
 def conv3d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", lhs_dilation: Ints = 1,
@@ -86,7 +86,7 @@ def conv3d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", l
     options = (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
     if is_dask_array(x):
         return _conv3d_dask(x, w, bias, options, backend, out)
-    x, w, bias = host_array(x, "x"), host_array(w, "w"), host_array(bias, "bias", optional=True)
+    x, w, bias = device_views(host_array(x, "x"), host_array(w, "w"), host_array(bias, "bias", optional=True))
     call = validate(x, w, bias, options)
     if out is not None:
         check_out(out, call, x, w, bias)

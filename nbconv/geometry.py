@@ -143,6 +143,21 @@ class ConvGeometry:
         taps = prod(int((table >= 0).sum()) for table in self.tap_tables())
         return 2 * self.batch * taps * self.out_channels * self.in_channels // self.groups
 
+    def dilated_axes(self):
+        """Per spatial axis (N, K, O, lo): the dilated input, kernel and output extents (input
+        dilation, rhs dilation, stride) and the low pad, what the gradients' transpose rules take
+        (nbconv.gradients)."""
+        return [(dilated(n, lhs), dilated(k, rhs), dilated(o, s), lo) for n, k, o, s, (lo, _), lhs, rhs
+                in zip(self.in_spatial, self.kernel, self.out_spatial, self.stride, self.pads, self.lhs_dilation,
+                       self.rhs_dilation)]
+
+    def input_gradient_options(self):
+        """The conv3d options under which dy convolved with the flipped kernel is dx: the forward's
+        input dilation as stride, its stride as input dilation (docs/gradients.md)."""
+        pads = [(k - lo - 1, n + k - 1 - o - (k - lo - 1)) for n, k, o, lo in self.dilated_axes()]
+        return dict(stride=self.lhs_dilation, padding=pads, lhs_dilation=self.stride, rhs_dilation=self.rhs_dilation,
+                    groups=self.groups)
+
     def tap_tables(self):
         """`tap_index` of the three spatial axes (cached: calls repeat with the same shapes)."""
         return _tap_tables(self)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nbconv import cpu
 from nbconv.call import (
     Array,
     Ints,
@@ -32,9 +33,8 @@ from nbconv.call import (
     validate,
 )
 from nbconv.cpu import weight_grad
-from nbconv.dispatch import backend_module, choose_backend, cuda_module, on_host
+from nbconv.dispatch import choose_backend, cuda_module, device_views
 from nbconv.dtypes import check_real, conv_dtypes
-from nbconv.geometry import dilated
 
 WRT = ("x", "w", "bias")
 
@@ -59,8 +59,8 @@ def conv3d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padd
     wrt : str or sequence of str, optional
         Which of ``"x"``, ``"w"`` and ``"bias"`` to compute; the others are returned as None.
     backend : {"auto", "cpu", "cuda"}, optional
-        As in `conv3d`. On CUDA the convolutions run on the GPU, the operands re-laid on the host in
-        between; device arrays in give device arrays out.
+        As in `conv3d`. On CUDA everything runs on the GPU (nbconv.cuda.gradients); device arrays
+        in give device arrays out.
 
     Returns
     -------
@@ -83,22 +83,25 @@ def conv3d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padd
     wanted = _wrt(wrt)
     backend = choose_backend(backend, x, w, dy, bias)
     on_device = any(is_device_array(a) for a in (x, w, dy, bias))
-    # Device arrays are re-laid on the host (the transposes below), then convolved on the device.
-    x, w, dy = on_host(x, "x"), on_host(w, "w"), on_host(dy, "dy")
-    bias = on_host(bias, "bias", optional=True)
+    x, w, dy, bias = device_views(host_array(x, "x"), host_array(w, "w"), host_array(dy, "dy"),
+                                  host_array(bias, "bias", optional=True))
     call = validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
     check_real("dy", np.dtype(dy.dtype))
     if tuple(dy.shape) != call.result_shape:
         raise ValueError(f"dy must have the result's shape {call.result_shape}, got {tuple(dy.shape)}")
     compute = conv_dtypes(("x", x.dtype), ("w", w.dtype), ("dy", dy.dtype))[0]
+    cotangents = {"x": (tuple(x.shape), _cotangent_dtype(x)), "w": (tuple(w.shape), _cotangent_dtype(w)),
+                  "bias": ((call.geometry.out_channels,), call.result_dtype) if bias is None
+                  else (tuple(bias.shape), _cotangent_dtype(bias))}
+    if backend == "cuda":  # everything on the device, NumPy back only for NumPy operands
+        return cuda_module().vjp(call, x, w, dy, wanted, compute, cotangents, on_device)
     x5, dy5 = (to_kernel_layout(a, call, compute) for a in (x, dy))
     geometry = call.geometry
-    dx = (to_caller_layout(_dx(dy5, np.asarray(w, compute), geometry, backend), call, dtype=_cotangent_dtype(x))
+    dx = (to_caller_layout(_dx(dy5, np.asarray(w, compute), geometry), call, dtype=cotangents["x"][1])
           if "x" in wanted else None)
-    dw = _dw(x5, dy5, geometry, backend).astype(_cotangent_dtype(w)) if "w" in wanted else None
-    dbias = _dbias(dy5, bias, call) if "bias" in wanted else None
-    if on_device:
-        return tuple(None if a is None else cuda_module().to_device(np.ascontiguousarray(a)) for a in (dx, dw, dbias))
+    dw = _dw(x5, dy5, geometry).astype(cotangents["w"][1]) if "w" in wanted else None
+    dbias = dy5.sum(axis=(0, 1, 2, 3)).reshape(cotangents["bias"][0]).astype(cotangents["bias"][1]) \
+        if "bias" in wanted else None
     return dx, dw, dbias
 
 
@@ -113,22 +116,14 @@ def _cotangent_dtype(a):
     return np.dtype(a.dtype) if a.dtype.kind == "f" else np.dtype(np.float64)
 
 
-def _run(x, w, backend, **options):
-    """Run the forward path of `backend` on channels-last, batched NumPy arrays of one dtype."""
+def _run(x, w, **options):
+    """Run the CPU forward path on channels-last, batched NumPy arrays of one dtype."""
     call = validate(x, w, None, (options["stride"], options["padding"], options["lhs_dilation"],
                                  options["rhs_dilation"], options["groups"], False))
-    return backend_module(backend).convolve(call, x, w, None, None)
+    return cpu.convolve(call, x, w, None, None)
 
 
-def _axes(geometry):
-    """Per spatial axis: (N, K, O, lo) as the module docstring names them."""
-    for axis in range(3):
-        yield (dilated(geometry.in_spatial[axis], geometry.lhs_dilation[axis]),
-               dilated(geometry.kernel[axis], geometry.rhs_dilation[axis]),
-               dilated(geometry.out_spatial[axis], geometry.stride[axis]), geometry.pads[axis][0])
-
-
-def _dx(dy5, w, geometry, backend):
+def _dx(dy5, w, geometry):
     if geometry.flops == 0:  # no product reaches x (an empty result, no channels): zeros, as JAX's
         return np.zeros((geometry.batch, *geometry.in_spatial, geometry.in_channels), w.dtype)
     groups = geometry.groups
@@ -136,15 +131,13 @@ def _dx(dy5, w, geometry, backend):
     # w[..., i, g * cout_g + o] -> flipped[..., o, g * cin_g + i]
     swapped = w.reshape(*kernel, cin_g, groups, cout // groups).transpose(0, 1, 2, 5, 4, 3)
     flipped = np.ascontiguousarray(swapped[::-1, ::-1, ::-1].reshape(*kernel, cout // groups, groups * cin_g))
-    pads = [(kd - lo - 1, nd + kd - 1 - od - (kd - lo - 1)) for nd, kd, od, lo in _axes(geometry)]
-    return _run(dy5, flipped, backend, stride=geometry.lhs_dilation, padding=pads, lhs_dilation=geometry.stride,
-                rhs_dilation=geometry.rhs_dilation, groups=groups)
+    return _run(dy5, flipped, **geometry.input_gradient_options())
 
 
-def _dw(x5, dy5, geometry, backend):
+def _dw(x5, dy5, geometry):
     if geometry.flops == 0:
         return np.zeros((*geometry.kernel, geometry.in_channels // geometry.groups, geometry.out_channels), x5.dtype)
-    if backend == "cpu" and weight_grad.usable(geometry, x5.dtype):
+    if weight_grad.usable(geometry, x5.dtype):
         return weight_grad.weight_gradient(x5, dy5, geometry)
     groups, (n, *spatial, cin) = geometry.groups, x5.shape
     cin_g = cin // groups
@@ -152,21 +145,10 @@ def _dw(x5, dy5, geometry, backend):
     volumes = np.ascontiguousarray(x5.reshape(n, *spatial, groups, cin_g).transpose(5, 1, 2, 3, 4, 0)
                                    .reshape(cin_g, *spatial, groups * n))
     taps = np.ascontiguousarray(dy5.transpose(1, 2, 3, 0, 4))
-    pads = [(lo, od - nd + kd - lo - 1) for nd, kd, od, lo in _axes(geometry)]
-    per_input = _run(volumes, taps, backend, stride=geometry.rhs_dilation, padding=pads,
+    pads = [(lo, od - nd + kd - lo - 1) for nd, kd, od, lo in geometry.dilated_axes()]
+    per_input = _run(volumes, taps, stride=geometry.rhs_dilation, padding=pads,
                      lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.stride, groups=groups)
     return np.moveaxis(per_input, 0, 3)  # (Cin / groups, KD, KH, KW, Cout) -> w's layout
-
-
-def _dbias(dy5, bias, call):
-    """Sum dy per output channel, into bias's shape and dtype (integers: float64).
-
-    Without a bias: (Cout,) in the result's dtype.
-    """
-    total = dy5.sum(axis=(0, 1, 2, 3))
-    if bias is None:
-        return total.astype(call.result_dtype)
-    return total.reshape(bias.shape).astype(_cotangent_dtype(bias))
 
 
 def weight_standardization_vjp(w: Array, dw_hat: Array, eps: float = 1e-4, gain: Array | None = None,

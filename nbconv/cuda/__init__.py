@@ -2,6 +2,7 @@
 entries every backend offers."""
 from numba.cuda import to_device
 
-from nbconv.cuda.launch import convolve, standardize_columns, to_host
+from nbconv.cuda.gradients import vjp
+from nbconv.cuda.launch import as_device, convolve, standardize_columns, to_host
 
-__all__ = ["convolve", "standardize_columns", "to_device", "to_host"]
+__all__ = ["as_device", "convolve", "standardize_columns", "to_device", "to_host", "vjp"]

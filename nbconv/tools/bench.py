@@ -1,10 +1,11 @@
 """Peer comparison: nbconv against PyTorch CPU (oneDNN, channels_last_3d), ONNX Runtime (MLAS), OpenVINO
 (its oneDNN) and JAX/XLA, in one process.
 
-`python -m nbconv bench [--set public|heldout] [--workloads a,b] [--peers torch,onnxruntime,openvino,jax]
-[--repeats 7] [--json out.json] [--plot out.png] [--backward | --jax]`
+`python -m nbconv bench [--set public|heldout|smoke] [--workloads a,b] [--peers torch,onnxruntime,openvino,jax]
+[--repeats 7] [--json out.json] [--plot out.png] [--backward | --jax] [--backend cpu|cuda]`
 (--backward: the gradients, conv3d_vjp's dx and dw, against PyTorch autograd's backward; --jax:
-brainstate's Conv3d under jax.jit, XLA against nbconv.jax, nbconv/tools/jax_bench.py.)
+brainstate's Conv3d under jax.jit, XLA against nbconv.jax, nbconv/tools/jax_bench.py; --backend cuda:
+the CUDA kernels against PyTorch CUDA and JAX on the GPU, nbconv/tools/cuda_bench.py.)
 Each peer's output is first checked against nbconv's, so the table compares the same computation.
 Peers that are not installed are left out of the table.
 """
@@ -32,8 +33,8 @@ def nbconv_runner(wl, x, w):
     return lambda: nbconv.conv3d(x, w, backend="cpu", **wl.options)
 
 
-def torch_runner(wl, x, w, threads):
-    """torch.nn.functional.conv3d on channels_last_3d tensors (`torch_conv`)."""
+def torch_runner(wl, x, w, threads, device="cpu"):
+    """torch.nn.functional.conv3d on channels_last_3d tensors (`torch_conv`) on `device`."""
     import torch
 
     torch.set_num_threads(threads)
@@ -41,7 +42,8 @@ def torch_runner(wl, x, w, threads):
     if made is None:
         return None
     wt, conv = made
-    xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)  # NDHWC memory = channels_last_3d
+    xt = torch.from_numpy(x).to(device).permute(0, 4, 1, 2, 3)  # NDHWC memory = channels_last_3d
+    wt = wt.to(device)  # keeps its channels_last_3d strides
     return lambda: conv(xt, wt)
 
 
@@ -73,9 +75,9 @@ def torch_conv(wl, w):
     return wt, conv
 
 
-def torch_backward_runner(wl, x, w, dy, threads):
+def torch_backward_runner(wl, x, w, dy, threads, device="cpu"):
     """PyTorch autograd's backward, dx and dw: torch.autograd.grad of `torch_conv`'s result with dy,
-    its graph kept between runs (the forward is not timed). Returns dx (NDHWC)."""
+    its graph kept between runs (the forward is not timed), on `device`. Returns dx (NDHWC)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -83,9 +85,10 @@ def torch_backward_runner(wl, x, w, dy, threads):
     if made is None:
         return None
     wt, conv = made
-    xl, wt = torch.from_numpy(x.copy()).requires_grad_(), wt.detach().clone().requires_grad_()
+    xl = torch.from_numpy(x.copy()).to(device).requires_grad_()
+    wt = wt.detach().to(device).clone().requires_grad_()
     y = conv(xl.permute(0, 4, 1, 2, 3), wt)
-    dyt = torch.from_numpy(dy)
+    dyt = torch.from_numpy(dy).to(device)
     return lambda: torch.autograd.grad(y, (xl, wt), dyt, retain_graph=True)[0]
 
 
@@ -303,7 +306,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m nbconv bench", description=__doc__)
     parser.add_argument("--set", default="public", choices=list(SETS),
-                        help="public: workloads.json; heldout: shapes nothing is tuned for")
+                        help="public: workloads.json; heldout: shapes nothing is tuned for; smoke: the public "
+                             "kinds at tiny sizes (the CUDA simulator)")
     parser.add_argument("--workloads", help="comma-separated names (default: all of the set)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=nbconv.get_num_threads())
@@ -315,12 +319,20 @@ def main(argv=None):
                       help="time the gradients (dx and dw, conv3d_vjp) against PyTorch autograd's backward")
     kind.add_argument("--jax", action="store_true",
                       help="brainstate's Conv3d under jax.jit: XLA against nbconv.jax, forward and training step")
+    parser.add_argument("--backend", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: the CUDA kernels on device arrays against PyTorch CUDA and JAX on the GPU "
+                             "(nbconv/tools/cuda_bench.py)")
     args = parser.parse_args(argv)
     if args.jax and (args.peers or args.plot):
         parser.error("--jax compares XLA and nbconv.jax only: it takes no --peers and no --plot")
+    if args.backend == "cuda" and (args.jax or args.peers or args.plot):
+        parser.error("--backend cuda compares with PyTorch CUDA and JAX on the GPU: no --jax, --peers or --plot")
     nbconv.set_num_threads(args.threads)
     workloads = load_workloads(args.set)
     names = args.workloads.split(",") if args.workloads else list(workloads)
+    if args.backend == "cuda":
+        from nbconv.tools import cuda_bench
+        return cuda_bench.main(args, argv, [workloads[name] for name in names])
     peak = fma_peak_gflops(args.threads)
     if args.jax:  # before the peers are imported: their thread pools would share the cores
         return _jax_main(args, argv, [workloads[name] for name in names], peak)

@@ -54,8 +54,9 @@ class Workload:
         return x, rng.standard_normal(self.w_shape).astype(self.dtype)
 
 
-# Workload sets: the public one, and shapes of the same kinds that nothing is tuned for.
-SETS = {"public": "workloads.json", "heldout": "heldout.json"}
+# Workload sets: the public one, shapes of the same kinds that nothing is tuned for, and the public
+# kinds at tiny sizes (for the CUDA simulator).
+SETS = {"public": "workloads.json", "heldout": "heldout.json", "smoke": "smoke.json"}
 
 
 def load_workloads(which="public"):
