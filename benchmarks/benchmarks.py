@@ -195,12 +195,18 @@ class FirstCall:
     track_first_call_seconds.unit = "s"
 
 
+def _gpu():
+    """numba.cuda, or NotImplementedError (asv skips the benchmark) where no GPU is present."""
+    from numba import cuda
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not cuda.is_available():
+        raise NotImplementedError("no CUDA GPU here")
+    return cuda
+
+
 class Conv3dCUDA(_Conv3d):
     def setup(self, name):
-        from numba import cuda
-
-        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not cuda.is_available():
-            raise NotImplementedError("no CUDA GPU here")
+        cuda = _gpu()
         self.workload = WORKLOADS[name]
         x, w = self.workload.arrays()
         self.x, self.w = cuda.to_device(x), cuda.to_device(w)
@@ -210,4 +216,20 @@ class Conv3dCUDA(_Conv3d):
         from numba import cuda
 
         nbconv.conv3d(self.x, self.w, backend="cuda", **self.workload.options)
+        cuda.synchronize()
+
+
+class Conv3dBackwardCUDA(Conv3dBackward):
+    """The gradients on the GPU, device arrays in and out (nothing visits the host)."""
+
+    def setup(self, name):
+        cuda = _gpu()
+        super().setup(name)
+        self.x, self.w, self.dy = (cuda.to_device(a) for a in (self.x, self.w, self.dy))
+        self.run()
+
+    def run(self):
+        from numba import cuda
+
+        nbconv.conv3d_vjp(self.x, self.w, self.dy, wrt=("x", "w"), backend="cuda", **self.workload.options)
         cuda.synchronize()
