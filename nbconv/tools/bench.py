@@ -325,8 +325,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.jax and (args.peers or args.plot):
         parser.error("--jax compares XLA and nbconv.jax only: it takes no --peers and no --plot")
-    if args.backend == "cuda" and (args.jax or args.peers or args.plot):
-        parser.error("--backend cuda compares with PyTorch CUDA and JAX on the GPU: no --jax, --peers or --plot")
+    if args.backend == "cuda" and (args.jax or args.plot):
+        parser.error("--backend cuda compares with PyTorch CUDA and JAX on the GPU: no --jax or --plot")
+    if args.backend == "cuda" and args.peers and not set(args.peers.split(",")) <= {"torch", "jax", "none"}:
+        parser.error(f"--peers with --backend cuda: some of torch,jax, or none; got {args.peers!r}")
     nbconv.set_num_threads(args.threads)
     workloads = load_workloads(args.set)
     names = args.workloads.split(",") if args.workloads else list(workloads)

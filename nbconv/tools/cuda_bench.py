@@ -110,11 +110,17 @@ def jax_runners(wl, x, w, dy=None):
     return {"jax": Runner(lambda: conv(xj, wj).block_until_ready(), np.asarray, WallEvent)}
 
 
-def measure(wl, repeats, backward=False, min_time=0.2):
-    """One row: GFLOP/s of every runner (the backward counts twice the forward's FLOPs)."""
+PEERS = {"torch": torch_runners, "jax": jax_runners}
+
+
+def measure(wl, repeats, backward=False, peers=tuple(PEERS), min_time=0.2):
+    """One row: GFLOP/s of nbconv and of the `peers` installed (the backward counts twice the
+    forward's FLOPs)."""
     x, w = wl.arrays()
     dy = np.random.default_rng(1).standard_normal(wl.geometry.out_shape).astype(x.dtype) if backward else None
-    runners = {"nbconv": nbconv_runner(wl, x, w, dy), **torch_runners(wl, x, w, dy), **jax_runners(wl, x, w, dy)}
+    runners = {"nbconv": nbconv_runner(wl, x, w, dy)}
+    for name in peers:
+        runners.update(PEERS[name](wl, x, w, dy))
     _check(wl, runners, x, w, dy)
     flops = wl.flops * (2 if backward else 1)
     row = {"workload": wl.name, "gflop": flops / 1e9}
@@ -168,7 +174,7 @@ def _timed(runner, calls):
     return start.elapsed_time(end) / 1e3 / calls
 
 
-def run(workloads, repeats, backward):
+def run(workloads, repeats, backward, peers=tuple(PEERS)):
     """(the header line, the rows, the table, the failures) of one bench run. A workload that fails
     (a disagreement, a CUDA error) is reported and the others still run: on a first GPU every row
     counts."""
@@ -176,7 +182,7 @@ def run(workloads, repeats, backward):
     rows, failures = [], []
     for wl in workloads:
         try:
-            rows.append(measure(wl, repeats, backward))
+            rows.append(measure(wl, repeats, backward, peers))
         except Exception as err:  # reported under the table
             failures.append(f"{wl.name}: {type(err).__name__}: {err}")
     peers = [name for name in ("torch", "torch_tf32", "jax") if any(name in row for row in rows)]
@@ -187,7 +193,8 @@ def run(workloads, repeats, backward):
 
 def main(args, argv, workloads):
     """`python -m nbconv bench --backend cuda`: print the table, and write the JSON file asked for."""
-    header, rows, table, failures = run(workloads, args.repeats, args.backward)
+    peers = tuple(PEERS) if args.peers is None else tuple(name for name in args.peers.split(",") if name in PEERS)
+    header, rows, table, failures = run(workloads, args.repeats, args.backward, peers)
     print(header)
     print(table)
     if args.json:

@@ -115,7 +115,7 @@ def _dispatchers():
 
 def achieved_occupancy(set_name, timeout):
     """({kernel: mean achieved occupancy}, a note) from Nsight Compute over a forward and a backward
-    bench run, nbconv's kernels only (not cuDNN's autotuning)."""
+    bench run of nbconv alone (no peers: cuDNN's autotuning would crawl under the profiler)."""
     ncu = shutil.which("ncu")
     if numba_config.ENABLE_CUDASIM or ncu is None:
         return {}, "Achieved occupancy: not measured (`ncu`, Nsight Compute, is not on PATH)."
@@ -123,7 +123,7 @@ def achieved_occupancy(set_name, timeout):
     for kind in ([], ["--backward"]):
         command = [ncu, "--csv", "--metrics", NCU_METRIC, "--launch-count", "60",
                    "-k", f"regex:{'|'.join(BLOCK_THREADS)}", sys.executable, "-m", "nbconv", "bench",
-                   "--backend", "cuda", "--set", set_name, "--repeats", "1", *kind]
+                   "--backend", "cuda", "--set", set_name, "--repeats", "1", "--peers", "none", *kind]
         output, code = _run(command, timeout // 2)
         if code != 0:
             problems.append(f"ncu {' '.join(kind) or '(forward)'} exited with {code}: {output.strip()[-500:]}")
