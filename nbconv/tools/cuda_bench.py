@@ -49,13 +49,16 @@ def gpu():
         return "the CUDA simulator (NUMBA_ENABLE_CUDASIM=1): its times measure nothing", None
     device = cuda.get_current_device()
     name = device.name.decode() if isinstance(device.name, bytes) else device.name
-    sms, clock_khz = device.MULTIPROCESSOR_COUNT, device.CLOCK_RATE
+    name = f"{name}, sm_{''.join(map(str, device.compute_capability))}"
+    try:  # the clock attributes are deprecated from CUDA 13 on
+        sms, clock_khz = device.MULTIPROCESSOR_COUNT, device.CLOCK_RATE
+        bandwidth = 2 * device.MEMORY_CLOCK_RATE * device.GLOBAL_MEMORY_BUS_WIDTH / 8 / 1e6
+    except AttributeError as err:
+        return f"{name} (clocks unknown: {err})", None
     lanes = FP32_LANES.get(device.compute_capability, 128)
     peak = sms * lanes * 2 * clock_khz / 1e6
-    bandwidth = 2 * device.MEMORY_CLOCK_RATE * device.GLOBAL_MEMORY_BUS_WIDTH / 8 / 1e6
-    return (f"{name}, sm_{''.join(map(str, device.compute_capability))}, {sms} SMs at {clock_khz / 1e6:.2f} GHz "
-            f"(boost), memory {bandwidth:.0f} GB/s; FP32 peak {peak / 1e3:.1f} TFLOP/s "
-            f"({sms} SMs x {lanes} lanes x 2 x clock)"), peak
+    return (f"{name}, {sms} SMs at {clock_khz / 1e6:.2f} GHz (boost), memory {bandwidth:.0f} GB/s; FP32 peak "
+            f"{peak / 1e3:.1f} TFLOP/s ({sms} SMs x {lanes} lanes x 2 x clock)"), peak
 
 
 def nbconv_runner(wl, x, w, dy=None):
