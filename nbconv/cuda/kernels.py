@@ -61,6 +61,15 @@ class Kernels(NamedTuple):
 
 
 @cuda.jit(device=True, inline=True)
+def channel_tile(cout, cin, cin_g):
+    """(group, Cout / groups, the first channel within the group) of this block's TILE_C-channel tile:
+    blockIdx.y counts the tiles of each group in turn."""
+    cout_g = cout // (cin // cin_g)
+    tiles_per_group = (cout_g + TILE_C - 1) // TILE_C
+    return cuda.blockIdx.y // tiles_per_group, cout_g, (cuda.blockIdx.y % tiles_per_group) * TILE_C
+
+
+@cuda.jit(device=True, inline=True)
 def gather(x, idx_d, idx_h, idx_w, n, od, oh, ow, kd, kh, kw, c, zero):
     """(x[n, input pixel, c], 1) for output pixel (n, od, oh, ow) through tap (kd, kh, kw); (0, 0) for
     n < 0 (no pixel) and where the tap falls on padding or a hole of input dilation."""
@@ -124,7 +133,7 @@ def make_kernels(dtype):
         acc = cuda.local.array((RP, RC), dtype)
         # The block's pixels, decomposed once into (n, od, oh, ow) and kept in shared memory rather
         # than registers (n = -1 past the end); one axis coordinate fits 32 bits.
-        pixels = cuda.shared.array((4, TILE_P), int32)
+        pixels = cuda.shared.array((1, 4, TILE_P), int32)
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * THREADS_X + tx
         n_pix, cout = out.shape
@@ -132,20 +141,11 @@ def make_kernels(dtype):
         n_kd, n_kh, n_kw = idx_d.shape[1], idx_h.shape[1], idx_w.shape[1]
         reduction = w.shape[0]
         cin_g = reduction // (n_kd * n_kh * n_kw)
-        cout_g = cout // (x.shape[4] // cin_g)
-        tiles_per_group = (cout_g + TILE_C - 1) // TILE_C
-        group = cuda.blockIdx.y // tiles_per_group
+        group, cout_g, c_first = channel_tile(cout, x.shape[4], cin_g)
         c_group = group * cout_g  # the group's first output channel
-        c_first = (cuda.blockIdx.y % tiles_per_group) * TILE_C
         p_first = int64(cuda.blockIdx.x) * TILE_P
         if tid < TILE_P:
-            p = p_first + tid
-            rest = p // n_ow
-            pixels[3, tid] = p % n_ow
-            pixels[2, tid] = rest % n_oh
-            rest //= n_oh
-            pixels[1, tid] = rest % n_od
-            pixels[0, tid] = rest // n_od if p < n_pix else -1
+            _decompose(pixels, 0, tid, p_first + tid, n_pix, n_od, n_oh, n_ow)
         cuda.syncthreads()
         # Each thread stages reduction row `kk` for pixels tid // KC + m * (THREADS // KC).
         kk = tid % KC
@@ -160,9 +160,9 @@ def make_kernels(dtype):
             kd = tap // (n_kw * n_kh)
             for m in range(A_LOADS):
                 pp = tid // KC + m * (THREADS // KC)
-                n = pixels[0, pp] if r < reduction else -1
-                a_tile[kk, pp], a_real[kk, pp] = gather(x, idx_d, idx_h, idx_w, n, pixels[1, pp], pixels[2, pp],
-                                                        pixels[3, pp], kd, kh, kw, group * cin_g + ci, zero)
+                n = pixels[0, 0, pp] if r < reduction else -1
+                a_tile[kk, pp], a_real[kk, pp] = gather(x, idx_d, idx_h, idx_w, n, pixels[0, 1, pp], pixels[0, 2, pp],
+                                                        pixels[0, 3, pp], kd, kh, kw, group * cin_g + ci, zero)
             nonfinite = stage(b_tile, w, k_first, reduction, c_group + c_first, c_group + cout_g, tid, zero)
             accumulate(acc, a_tile, a_real, b_tile, cuda.syncthreads_or(nonfinite), ty, tx)
             cuda.syncthreads()
@@ -234,11 +234,8 @@ def make_kernels(dtype):
         n_od, n_oh, n_ow = idx_d.shape[0], idx_h.shape[0], idx_w.shape[0]
         n_kd, n_kh, n_kw = idx_d.shape[1], idx_h.shape[1], idx_w.shape[1]
         cin_g = n_rows // (n_kd * n_kh * n_kw)
-        cout_g = cout // (x.shape[4] // cin_g)
-        tiles_per_group = (cout_g + TILE_C - 1) // TILE_C
-        group = cuda.blockIdx.y // tiles_per_group
+        group, cout_g, c_first = channel_tile(cout, x.shape[4], cin_g)
         c_group = group * cout_g  # the group's first output channel
-        c_first = (cuda.blockIdx.y % tiles_per_group) * TILE_C
         chunk = ((n_pix + splits - 1) // splits + KC - 1) // KC * KC
         p_begin = int64(cuda.blockIdx.z) * chunk
         p_end = min(n_pix, p_begin + chunk)
