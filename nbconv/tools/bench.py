@@ -26,78 +26,12 @@ import nbconv
 from nbconv.cpu.microkernel import TARGET
 from nbconv.tools.peak import fma_peak_gflops
 from nbconv.tools.timing import interleaved_medians
+from nbconv.tools.torch_peer import torch_backward_runner, torch_runner, transposed_weights
 from nbconv.tools.workloads import SETS, load_workloads
 
 
 def nbconv_runner(wl, x, w):
     return lambda: nbconv.conv3d(x, w, backend="cpu", **wl.options)
-
-
-def torch_runner(wl, x, w, threads, device="cpu"):
-    """torch.nn.functional.conv3d on channels_last_3d tensors (`torch_conv`) on `device`."""
-    import torch
-
-    torch.set_num_threads(threads)
-    made = torch_conv(wl, w)
-    if made is None:
-        return None
-    wt, conv = made
-    xt = torch.from_numpy(x).to(device).permute(0, 4, 1, 2, 3)  # NDHWC memory = channels_last_3d
-    wt = wt.to(device)  # keeps its channels_last_3d strides
-    return lambda: conv(xt, wt)
-
-
-def torch_conv(wl, w):
-    """(w as a torch tensor, conv(xt, wt) -> the NDHWC result) for x as NCDHW tensors; input dilation as
-    conv_transpose3d (stride = lhs_dilation, flipped kernel); asymmetric padding by an explicit F.pad.
-    None where torch has no such convolution."""
-    import torch
-    import torch.nn.functional as F
-
-    g = wl.geometry
-    if max(g.lhs_dilation) > 1:
-        k_eff = [(k - 1) * r + 1 for k, r in zip(g.kernel, g.rhs_dilation)]
-        pads = [k - 1 - lo for k, (lo, hi) in zip(k_eff, g.pads)]
-        if any(lo != hi for lo, hi in g.pads) or min(pads) < 0:
-            return None
-        return torch.from_numpy(transposed_weights(g, w)), lambda xt, wt: F.conv_transpose3d(
-            xt, wt, stride=g.lhs_dilation, padding=pads, groups=g.groups, dilation=g.rhs_dilation
-        ).permute(0, 2, 3, 4, 1)
-    wt = torch.from_numpy(np.ascontiguousarray(w.transpose(4, 0, 1, 2, 3))).permute(0, 4, 1, 2, 3)
-    symmetric = all(lo == hi for lo, hi in g.pads)
-    padding = [lo for lo, _ in g.pads] if symmetric else 0
-    torch_pads = [p for lo_hi in reversed(g.pads) for p in lo_hi]
-
-    def conv(xt, wt):
-        xi = xt if symmetric else F.pad(xt, torch_pads)
-        return F.conv3d(xi, wt, stride=g.stride, padding=padding, dilation=g.rhs_dilation,
-                        groups=g.groups).permute(0, 2, 3, 4, 1)
-    return wt, conv
-
-
-def torch_backward_runner(wl, x, w, dy, threads, device="cpu"):
-    """PyTorch autograd's backward, dx and dw: torch.autograd.grad of `torch_conv`'s result with dy,
-    its graph kept between runs (the forward is not timed), on `device`. Returns dx (NDHWC)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    made = torch_conv(wl, w)
-    if made is None:
-        return None
-    wt, conv = made
-    xl = torch.from_numpy(x.copy()).to(device).requires_grad_()
-    wt = wt.detach().to(device).clone().requires_grad_()
-    y = conv(xl.permute(0, 4, 1, 2, 3), wt)
-    dyt = torch.from_numpy(dy).to(device)
-    return lambda: torch.autograd.grad(y, (xl, wt), dyt, retain_graph=True)[0]
-
-
-def transposed_weights(g, w):
-    """w (DHWIO) as the weights of the transposed convolution that computes input dilation:
-    (Cin, Cout / groups, KD, KH, KW), spatially flipped."""
-    cout_g = g.out_channels // g.groups
-    flipped = w[::-1, ::-1, ::-1].reshape(*g.kernel, g.in_channels // g.groups, g.groups, cout_g)
-    return np.ascontiguousarray(flipped.transpose(4, 3, 5, 0, 1, 2).reshape(g.in_channels, cout_g, *g.kernel))
 
 
 def onnx_model(wl, w):
@@ -333,8 +267,7 @@ def main(argv=None):
     workloads = load_workloads(args.set)
     names = args.workloads.split(",") if args.workloads else list(workloads)
     if args.backend == "cuda":
-        from nbconv.tools import cuda_bench
-        return cuda_bench.main(args, argv, [workloads[name] for name in names])
+        return _cuda_main(args, argv, [workloads[name] for name in names])
     peak = fma_peak_gflops(args.threads)
     if args.jax:  # before the peers are imported: their thread pools would share the cores
         return _jax_main(args, argv, [workloads[name] for name in names], peak)
@@ -370,6 +303,26 @@ def _jax_main(args, argv, workloads, peak):
     if args.json:
         write_json(args, argv, peak, rows, jax=jax.__version__, small_call_us=overhead)
     return 0
+
+
+def _cuda_main(args, argv, workloads):
+    """`--backend cuda`: print the table, write the JSON file asked for; exit code 1 if a workload failed."""
+    from nbconv.tools import cuda_bench
+
+    named = args.peers.split(",") if args.peers else list(cuda_bench.PEERS)
+    peers = [name for name in named if name in cuda_bench.PEERS]  # "none": no peer
+    header, rows, columns, failures = cuda_bench.run(workloads, args.repeats, args.backward, peers)
+    print(header)
+    print(cuda_table(rows, columns, failures))
+    if args.json:
+        line, peak = cuda_bench.gpu()
+        write_json(args, argv, peak, rows, backend="cuda", gpu=line, backward=args.backward, failures=failures)
+    return 1 if failures else 0
+
+
+def cuda_table(rows, columns, failures):
+    """`format_table` of a CUDA run, and a line under it for each workload that failed."""
+    return format_table(rows, columns) + "".join(f"\nFAILED {failure}" for failure in failures)
 
 
 def write_json(args, argv, peak, rows, **kind):

@@ -14,7 +14,7 @@ from numba import config as numba_config
 from numba import cuda
 
 import nbconv
-from nbconv.tools import bench
+from nbconv.tools import torch_peer
 
 # FP32 lanes per multiprocessor, by compute capability (CUDA C Programming Guide, arithmetic
 # instructions); later GPUs: 128.
@@ -81,8 +81,8 @@ def torch_runners(wl, x, w, dy=None):
         return {}
     torch.backends.cudnn.benchmark = True
     threads = nbconv.get_num_threads()
-    made = (bench.torch_runner(wl, x, w, threads, "cuda") if dy is None
-            else bench.torch_backward_runner(wl, x, w, dy, threads, "cuda"))
+    made = (torch_peer.torch_runner(wl, x, w, threads, "cuda") if dy is None
+            else torch_peer.torch_backward_runner(wl, x, w, dy, threads, "cuda"))
     if made is None:
         return {}
 
@@ -178,9 +178,9 @@ def _timed(runner, calls):
 
 
 def run(workloads, repeats, backward, peers=tuple(PEERS)):
-    """(the header line, the rows, the table, the failures) of one bench run. A workload that fails
-    (a disagreement, a CUDA error) is reported and the others still run: on a first GPU every row
-    counts."""
+    """(the header line, the rows, the peers' columns, the failures) of one bench run. A workload that
+    fails (a disagreement, a CUDA error) is reported and the others still run: on a first GPU every
+    row counts."""
     line, _ = gpu()
     rows, failures = [], []
     for wl in workloads:
@@ -188,19 +188,6 @@ def run(workloads, repeats, backward, peers=tuple(PEERS)):
             rows.append(measure(wl, repeats, backward, peers))
         except Exception as err:  # reported under the table
             failures.append(f"{wl.name}: {type(err).__name__}: {err}")
-    peers = [name for name in ("torch", "torch_tf32", "jax") if any(name in row for row in rows)]
+    columns = [name for name in ("torch", "torch_tf32", "jax") if any(name in row for row in rows)]
     kind = "backward: dx and dw, GFLOP/s counting twice the forward's FLOPs" if backward else "forward"
-    table = bench.format_table(rows, peers) + "".join(f"\nFAILED {failure}" for failure in failures)
-    return f"nbconv {nbconv.__version__} CUDA backend on {line}; {kind}", rows, table, failures
-
-
-def main(args, argv, workloads):
-    """`python -m nbconv bench --backend cuda`: print the table, and write the JSON file asked for."""
-    peers = tuple(PEERS) if args.peers is None else tuple(name for name in args.peers.split(",") if name in PEERS)
-    header, rows, table, failures = run(workloads, args.repeats, args.backward, peers)
-    print(header)
-    print(table)
-    if args.json:
-        bench.write_json(args, argv, gpu()[1], rows, backend="cuda", gpu=gpu()[0], backward=args.backward,
-                         failures=failures)
-    return 1 if failures else 0
+    return f"nbconv {nbconv.__version__} CUDA backend on {line}; {kind}", rows, columns, failures

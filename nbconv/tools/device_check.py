@@ -29,7 +29,7 @@ from numba import cuda
 
 import nbconv
 from nbconv.cuda import kernels
-from nbconv.tools import cuda_bench
+from nbconv.tools import bench, cuda_bench
 from nbconv.tools.workloads import SETS, load_workloads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,8 @@ def _run(command, timeout, env=None):
 
 
 def run_bench(workloads, repeats, backward):
-    header, rows, table, _ = cuda_bench.run(workloads, repeats, backward)
+    header, rows, columns, failures = cuda_bench.run(workloads, repeats, backward)
+    table = bench.cuda_table(rows, columns, failures)
     return f"{header}\n\n```\n{table}\n```\n\n```json\n{json.dumps(rows, indent=1)}\n```"
 
 
