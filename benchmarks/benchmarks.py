@@ -1,4 +1,5 @@
-"""asv benchmarks: every public workload (nbconv/tools/workloads.json) on the CPU and its gradients, the layers,
+"""asv benchmarks: every public workload (nbconv/tools/workloads.json) on the CPU and its gradients (and those of
+grouped layers down to depthwise, nbconv/tools/groups.json), the layers,
 first-call compile time, and CUDA (skipped where no GPU is present). Kernels are warmed in `setup`, so that
 `asv run --quick` (one call) never times compilation."""
 import os
@@ -10,11 +11,12 @@ import time
 import numpy as np
 
 import nbconv
-from nbconv.tools.timing import median_seconds
+from nbconv.tools.timing import interleaved_medians, median_seconds
 from nbconv.tools.workloads import load_workloads
 
 WORKLOADS = load_workloads()
 NAMES = list(WORKLOADS)
+GROUPS = load_workloads("groups")
 
 
 class _Conv3d:
@@ -52,9 +54,10 @@ class Conv3dBackward:
     params = [NAMES]
     param_names = ["workload"]
     timeout = 300
+    workloads = WORKLOADS
 
     def setup(self, name):
-        self.workload = WORKLOADS[name]
+        self.workload = self.workloads[name]
         self.x, self.w = self.workload.arrays()
         self.dy = np.random.default_rng(1).standard_normal(self.workload.geometry.out_shape).astype(self.x.dtype)
         self.run()
@@ -69,6 +72,25 @@ class Conv3dBackward:
         return 2 * self.workload.flops / median_seconds(self.run) / 1e9
 
     track_gflops.unit = "GFLOP/s (twice the forward's)"
+
+
+class Conv3dBackwardGroups(Conv3dBackward):
+    """The gradients of grouped layers from 16 output channels a group to depthwise, and channel
+    multipliers (nbconv/tools/groups.json), and dw alone over the forward: where the weight gradient
+    packs several groups into a vector."""
+
+    params = [list(GROUPS)]
+    workloads = GROUPS
+
+    def track_dw_over_forward(self, name):
+        """Timed in turn (`interleaved_medians`), so that a slow spell of the machine falls on both."""
+        options = self.workload.options
+        times = interleaved_medians({
+            "dw": lambda: nbconv.conv3d_vjp(self.x, self.w, self.dy, wrt="w", backend="cpu", **options),
+            "forward": lambda: nbconv.conv3d(self.x, self.w, backend="cpu", **options)}, repeats=9)
+        return times["dw"] / times["forward"]
+
+    track_dw_over_forward.unit = "dw time / forward time"
 
 
 class AfterIdle:

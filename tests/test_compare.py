@@ -43,8 +43,21 @@ def test_fma_peak_is_measured():
 
 
 def test_backward_row_times_the_gradients():
+    """The row's GFLOP/s, and dx and dw each over the forward, timed in the same rounds; the table
+    shows the ratios."""
     row = bench.measure_backward(SMALL[0], 1, 1, with_torch=False)
     assert row["workload"] == "dense" and row["gflop"] == 2 * SMALL[0].flops / 1e9 and row["nbconv"] > 0
+    assert row["dx/fwd"] > 0 and row["dw/fwd"] > 0 and not {"forward", "dx", "dw"} & set(row)
+    table = bench.format_table([row], [], ("dx/fwd", "dw/fwd"))
+    assert table.splitlines()[-1].endswith(f"{row['dw/fwd']:.2f}x") and "dw/fwd" in table.splitlines()[1]
+
+
+def test_groups_set_spans_the_group_widths():
+    """`--set groups`: 16, 8, 4, 2 and 1 output channels a group, and channel multipliers."""
+    from nbconv.tools.workloads import load_workloads
+
+    widths = {wl.out_channels // wl.groups for wl in load_workloads("groups").values()}
+    assert widths == {16, 8, 4, 2, 1}
 
 
 @pytest.mark.parametrize("wl", SMALL, ids=[wl.name for wl in SMALL])

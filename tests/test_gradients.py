@@ -95,6 +95,15 @@ WEIGHT_GRADIENT_CASES = [
                                              padding=((2, 1), (1, 2), (3, 0)))),
     ((1, 3, 4, 6, 40), (1, 1, 1, 40, 8), dict(padding="VALID")),
     ((2, 3, 3, 8, 3), (3, 3, 3, 3, 32), dict(padding="SAME", rhs_dilation=(1, 1, 2))),
+    # groups narrower than a vector, packed K to one: W taps as pixels (depthwise, a channel multiplier,
+    # two input channels a group, W dilation), and transposed rows (W stride: phases; W input dilation:
+    # classes; several units)
+    ((2, 3, 4, 9, 16), (3, 3, 3, 1, 16), dict(padding="SAME", groups=16)),
+    ((1, 3, 4, 11, 6), (2, 3, 3, 1, 12), dict(padding=((1, 0), (0, 1), (2, -1)), groups=6)),
+    ((1, 3, 4, 9, 16), (3, 2, 3, 2, 16), dict(padding="SAME", rhs_dilation=(1, 1, 2), groups=8)),
+    ((1, 4, 5, 13, 24), (3, 3, 3, 3, 16), dict(stride=(1, 2, 2), padding="SAME", groups=8)),
+    ((1, 3, 4, 7, 12), (2, 3, 3, 1, 24), dict(lhs_dilation=(1, 2, 3), padding=1, groups=12)),
+    ((1, 3, 3, 6, 128), (3, 3, 3, 1, 128), dict(stride=(2, 1, 3), padding="VALID", groups=128)),
 ]
 
 
@@ -124,11 +133,14 @@ def test_weight_gradient_kernel_matches_the_reference(x_shape, w_shape, options,
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("x_shape, w_shape, options", [
     ((2, 3, 4, 9, 3), (3, 2, 3, 3, 20), dict(padding="SAME")),
-    ((1, 4, 5, 13, 1), (3, 3, 3, 1, 16), dict(stride=(2, 1, 2), padding=((1, 0), (0, 1), (2, -1))))])
+    ((1, 4, 5, 13, 1), (3, 3, 3, 1, 16), dict(stride=(2, 1, 2), padding=((1, 0), (0, 1), (2, -1)))),
+    ((2, 3, 4, 9, 16), (3, 3, 3, 1, 16), dict(padding="SAME", groups=16)),
+    ((1, 3, 4, 10, 8), (2, 3, 5, 2, 8), dict(padding=((1, 0), (0, 1), (3, 1)), rhs_dilation=(1, 1, 2), groups=4))])
 def test_weight_gradient_of_few_input_channels_folds_w_taps(x_shape, w_shape, options, dtype):
-    """An RGB or single-channel layer's dw takes folded rows (pixels kw * Cin + i, W zero-padded); an Inf
-    in dy where the zero padding meets it takes transposed rows instead, so that no 0 * Inf is formed
-    that JAX does not form: JAX's values (float64) and JAX's NaN both ways."""
+    """An RGB or single-channel layer's dw takes folded rows (pixels kw * Cin + i, W zero-padded), and
+    so do groups packed K to a vector along a stride-1 W (pixels: the W taps); an Inf in dy where the
+    zero padding meets it takes transposed rows instead, so that no 0 * Inf is formed that JAX does
+    not form: JAX's values (float64) and JAX's NaN both ways."""
     options, geometry, x, w, dy = _weight_gradient_problem(x_shape, w_shape, options, dtype)
     assert weight_grad._foldable(geometry, np.dtype(dtype))
     bound = 2 * _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)[1]
@@ -142,6 +154,33 @@ def test_weight_gradient_of_few_input_channels_folds_w_taps(x_shape, w_shape, op
         np.testing.assert_array_equal(np.isnan(dw), np.isnan(want))
         np.testing.assert_array_equal(dw[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
         assert np.all(np.abs(dw[finite] - want[finite]) <= bound[finite])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_weight_gradient_of_narrow_groups_matches_the_reference(data):
+    """dw of groups of 1-4 input and output channels (depthwise, channel multipliers, small groups: K of
+    them to a vector where the kernel packs them) over random strides, dilations and paddings, float32
+    and float64, against the reference within the bound of its sums."""
+    dtype = data.draw(st.sampled_from(["float32", "float64"]))
+    groups, cin_g, cout_g = (data.draw(st.sampled_from(choices))
+                             for choices in ([2, 3, 4, 6, 8, 16, 24, 32], [1, 1, 2, 3, 4], [1, 1, 2, 3, 4]))
+    kernel = data.draw(st.tuples(*[st.integers(1, 3)] * 3))
+    spatial = data.draw(st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 11)))
+    stride, lhs, rhs = (data.draw(st.tuples(*[st.integers(1, 2)] * 3)) for _ in range(3))
+    padding = data.draw(st.sampled_from(["SAME", 1, ((1, 0), (0, 2), (2, -1))]))
+    options = dict(stride=stride, padding=padding, lhs_dilation=lhs, rhs_dilation=rhs, groups=groups,
+                   channel_first=False)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((data.draw(st.integers(1, 2)), *spatial, groups * cin_g)).astype(dtype)
+    w = rng.standard_normal((*kernel, cin_g, groups * cout_g)).astype(dtype)
+    try:
+        dy = _cotangent(x, w, options)
+    except ValueError:  # no output (a VALID-like padding larger than the input)
+        return
+    dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
+    want = conv3d_vjp_reference(x, w, dy, **options)[1]
+    assert np.all(np.abs(dw - want) <= _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)[1])
 
 
 JAX_CASES = [

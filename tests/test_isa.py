@@ -148,11 +148,16 @@ CONFORMANCE = [
     ("float32", 1, 8, 1, {"padding": "SAME"}), ("float32", 1, 4, 3, {"stride": (1, 1, 2), "padding": 1}),
     ("float64", 1, 4, 1, {"lhs_dilation": (1, 1, 2), "padding": 1}),
 ]
-# dw through the weight-gradient kernel (nbconv.cpu.weight_grad): (dtype, Cin, Cout, options) with 1, 2 and
-# 3 vectors, a partial block, W phases and classes, folded rows (3 input channels); along the same rows.
-WEIGHT_GRADIENTS = [("float32", 13, 20, {"stride": (1, 1, 2), "padding": "SAME"}),
-                    ("float32", 5, 70, {"lhs_dilation": (1, 1, 2), "padding": 1}),
-                    ("float64", 7, 9, {"padding": "SAME"}), ("float32", 3, 16, {"padding": "SAME", "stride": 2})]
+# dw through the weight-gradient kernel (nbconv.cpu.weight_grad): (dtype, groups, Cin_g, Cout_g, options)
+# with 1, 2 and 3 vectors, a partial block, W phases and classes, folded rows (3 input channels); groups
+# packed K to a vector, with W taps as pixels (depthwise, a channel multiplier) and in transposed rows
+# (W phases, classes); along the same rows.
+WEIGHT_GRADIENTS = [("float32", 1, 13, 20, {"stride": (1, 1, 2), "padding": "SAME"}),
+                    ("float32", 1, 5, 70, {"lhs_dilation": (1, 1, 2), "padding": 1}),
+                    ("float64", 1, 7, 9, {"padding": "SAME"}), ("float32", 1, 3, 16, {"padding": "SAME", "stride": 2}),
+                    ("float32", 16, 1, 1, {"padding": "SAME"}), ("float64", 6, 1, 2, {"padding": "SAME"}),
+                    ("float32", 8, 2, 2, {"stride": (1, 1, 2), "padding": 1}),
+                    ("float64", 4, 3, 1, {"lhs_dilation": (1, 1, 2), "padding": 1})]
 
 
 def conformance():
@@ -177,14 +182,14 @@ def conformance():
                 assert_conv_close(got, x, w, groups=groups, bias=bias, **options)
                 checked += 1
     blocked.PREFETCH_OUT_BYTES, blocked.l2_bytes = usual
-    for dtype, cin, cout, options in WEIGHT_GRADIENTS:
-        rng = np.random.default_rng(cin)
-        w = rng.standard_normal((3, 2, 3, cin, cout)).astype(dtype)
+    for dtype, groups, cin_g, cout_g, options in WEIGHT_GRADIENTS:
+        rng = np.random.default_rng(groups * cin_g)
+        w = rng.standard_normal((3, 2, 3, cin_g, groups * cout_g)).astype(dtype)
         for width in WIDTHS:
-            x = rng.standard_normal((2, 3, 4, width, cin)).astype(dtype)
-            dy = rng.standard_normal(nbconv.conv3d(x, w, **options).shape).astype(dtype)
-            want = conv3d_vjp_reference(x, w, dy, **options)[1]
-            got = nbconv.conv3d_vjp(x, w, dy, wrt="w", backend="cpu", **options)[1]
+            x = rng.standard_normal((2, 3, 4, width, groups * cin_g)).astype(dtype)
+            dy = rng.standard_normal(nbconv.conv3d(x, w, groups=groups, **options).shape).astype(dtype)
+            want = conv3d_vjp_reference(x, w, dy, groups=groups, **options)[1]
+            got = nbconv.conv3d_vjp(x, w, dy, wrt="w", groups=groups, backend="cpu", **options)[1]
             tolerance = 4 * x.shape[0] * np.prod(dy.shape[1:4]) * np.finfo(dtype).eps * np.abs(want).max()
             np.testing.assert_allclose(got, want, rtol=0, atol=tolerance)
             checked += 1

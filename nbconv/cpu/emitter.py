@@ -121,6 +121,12 @@ class Emitter:
     def whole(self):
         return whole_inputs(self.width, self.spread, self.phased)
 
+    @property
+    def own_inputs(self):
+        """Whether each vector has inputs of its own (K > 1 groups, or whole vectors), so that a window of
+        them can slide (`slide`)."""
+        return self.spread > 1 and not self.phased
+
     def const(self, value):
         return ir.Constant(ir.IntType(64), value)
 
@@ -147,11 +153,12 @@ class Emitter:
         fewest, most = self.blocking.sliding
         if held:
             self.chunks(self.hold, self.together(n_vec, n_pix + self.blocking.held), *operands)
-        elif self.whole and fewest <= n_pix <= most:
-            # Whole-vector inputs one reduction step apart (stride-1 depthwise rows): slide a window.
+        elif self.own_inputs and fewest <= n_pix <= most:
+            # Inputs one reduction step apart (stride-1 depthwise rows, the weight gradient's W taps):
+            # slide a window.
             with b.if_else(self.steps_apart(n_vec, x_at[1])) as (window, plain):
                 with window:
-                    self.chunks(self.slide, self.together(n_vec, 2 * n_pix + 1), *operands)
+                    self.chunks(self.slide, self.together(n_vec, 2 * n_pix + 1, own=True), *operands)
                 with plain:
                     self.chunks(self.accumulate, self.together(n_vec, n_pix + 1), *operands)
         else:
@@ -182,14 +189,15 @@ class Emitter:
             y_first = (b.add(y_base, skipped), y_step, b.sub(channels, skipped), mode)
             self.store(acc, size, n_pix, data, y_first, b.add(bias_base, b.mul(first, c(self.width))))
 
-    def together(self, n_vec, per_vector):
+    def together(self, n_vec, per_vector, own=False):
         """Vectors reduced in one pass: all of them where they share their inputs. Vectors of
         whole-vector inputs (K = LANES) are independent, and a unit may have more of them than the
         registers hold at P pixels (a depthwise unit spans up to `target.WHOLE_VECTOR_BYTES` of
         channels, so that its taps merge): as many as leave `per_vector` registers to each (P
         accumulators and a weight; a sliding window P more; or the weights of `held` steps) beside
-        one input (and, without FMA, the product), and divide n_vec."""
-        if not self.whole:
+        one input (and, without FMA, the product), and divide n_vec. So are vectors of K groups
+        (`own`: where a sliding window holds their inputs)."""
+        if not (self.whole or own):
             return n_vec
         most = max(1, min(n_vec, self.free_registers // per_vector))
         return max(size for size in range(1, most + 1) if n_vec % size == 0)
@@ -262,9 +270,10 @@ class Emitter:
 
     def slide(self, acc, n_vec, vs, n_pix, data, taps, n_taps, x_at, w_base):
         """acc[0][p][v] += the taps' products for the vectors `vs` of n_vec when pixel p + 1 reads at
-        step i what pixel p reads at step i + 1 (x_step = S, K = LANES): a window of P input vectors per
+        step i what pixel p reads at step i + 1 (x_step = S, K > 1): a window of P input vectors per
         vector moves one step at a time, so a step loads one input instead of P (an FMA with a memory
-        operand per pixel and step made the L1 loads, not the FMAs, the limit)."""
+        operand per pixel and step made the L1 loads, not the FMAs, the limit; K < LANES groups load
+        and spread their K inputs once, not once per pixel)."""
         b, c, width, k = self.builder, self.const, self.width, self.spread
         acc = acc[0]
         window = [[cgutils.alloca_once(b, self.vec) for _ in vs] for _ in range(n_pix)]
@@ -272,12 +281,12 @@ class Emitter:
             x_tap, w_tap, length = self.row_tap(taps, tap.index, n_taps, x_at, w_base, data["x"], n_vec, vs, n_pix)
             for p in range(n_pix - 1):
                 for v in vs:
-                    b.store(self.load_vector(data["x"], b.add(x_tap, c(p * n_vec * k + v * k))), window[p][v])
+                    b.store(self.load_spread(data["x"], b.add(x_tap, c(p * n_vec * k + v * k))), window[p][v])
             with cgutils.for_range(b, length) as step:
                 newest = b.add(x_tap, b.mul(b.add(step.index, c(n_pix - 1)), c(n_vec * k)))
                 w_row = b.add(w_tap, b.mul(step.index, c(n_vec * width)))
                 for v in vs:
-                    b.store(self.load_vector(data["x"], b.add(newest, c(v * k))), window[n_pix - 1][v])
+                    b.store(self.load_spread(data["x"], b.add(newest, c(v * k))), window[n_pix - 1][v])
                     weight = self.load_vector(data["w"], b.add(w_row, c(v * width)))
                     for p in range(n_pix):
                         b.store(b.call(self.fma, [b.load(window[p][v]), weight, b.load(acc[p][v])]), acc[p][v])

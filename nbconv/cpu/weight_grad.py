@@ -35,6 +35,7 @@ the thread's dw.
 """
 from functools import cache, lru_cache
 from math import gcd
+from typing import NamedTuple
 
 import numpy as np
 from numba import carray, get_num_threads, njit, prange
@@ -57,9 +58,43 @@ _MOST_PIXELS = max(max(counts) for counts in TARGET.blocking.pixels.values())
 
 
 def usable(geometry, dtype):
-    """Whether a group's output channels fill half a vector or more (K = 1: the micro-kernel's vectors are
-    output channels of one group). Smaller groups (depthwise) would leave most lanes idle."""
-    return blocked._packing(geometry, dtype)[0].spread == 1
+    """Whether dw runs here: a group's output channels fill half a vector or more, or several groups'
+    fill one (`_lanes`)."""
+    return _lanes(geometry, np.dtype(dtype)) is not None
+
+
+class _Lanes(NamedTuple):
+    """How dw's output channels lie in the micro-kernel's vectors (`_lanes`)."""
+
+    vectors: int  # V
+    spread: int  # K groups side by side in a vector (1: the channels of one group)
+    per_unit: int  # groups per unit: V * K. A unit has its own input rows and its own output channels
+    blocks: int  # blocks of V vectors per unit
+    channels: int  # output channels of one block: V * LANES, or the unit's V * K * G
+
+
+@lru_cache(maxsize=64)
+def _lanes(geometry, dtype):
+    """Where the forward has a group's channels in vectors of their own (K = 1, a group of half a vector
+    of output channels or more), its vectors and blocks.
+    Narrower groups (G output channels, down to depthwise's 1) are packed K to a vector as the forward
+    packs them (`blocked._blocking`), lane c * K + j holding channel c of group j: K the most groups,
+    dividing their number, whose channels fit a vector; None where that is one group. A pixel's K
+    inputs are then the same input channel of the K groups, side by side in x (`_transposed`), so
+    the forward's families of K groups (D = 1) serve unchanged; not its input phases, which add up
+    the very sums dw keeps apart."""
+    width, groups = lanes(dtype), geometry.groups
+    cout_g = geometry.out_channels // groups
+    blocking = blocked._packing(geometry, dtype)[0]
+    if blocking.spread == 1:
+        return _Lanes(blocking.vectors, 1, 1, blocking.blocks, blocking.vectors * width)
+    k = max(k for k in range(1, width // cout_g + 1) if groups % k == 0)
+    if k == 1:
+        return None
+    # As many vectors as the forward's families of K groups take (`blocked._blocking`)
+    most = TARGET.whole_vectors if k == width else min(2, TARGET.max_vectors)
+    vectors = max(v for v in range(most, 0, -1) if groups // k % v == 0)
+    return _Lanes(vectors, k, vectors * k, 1, vectors * k * cout_g)
 
 
 def weight_gradient(x, dy, geometry):
@@ -69,13 +104,13 @@ def weight_gradient(x, dy, geometry):
     entry, workers, meta, w_table, layout = _launch_args(geometry, x.dtype, get_num_threads(), folded)
     n, d, h, w, cin = x.shape
     rows = x.reshape(n * d * h, w, cin)
-    rows = _padded_rows(rows, geometry, meta[5]) if folded else _transposed(rows, geometry.groups, *layout[:3])
-    packed = _packed(dy, geometry, blocked._packing(geometry, x.dtype)[0], *layout[3:])
+    rows = _padded_rows(rows, geometry.pads[2][0], *layout[0]) if folded else _transposed(rows, *layout[0])
+    packed = _packed(dy, _lane_channels(geometry, x.dtype), *layout[1])
     sums = np.zeros((workers, *geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
     idx_d, idx_h, _ = geometry.tap_tables()
     # The arrays as 5-D and 2-D views, like the forward's (`blocked.run`), so that `launch.run` is
     # compiled once for both (each other tuple type would compile it again, parfor passes and all).
-    values = (a.reshape(1, 1, 1, 1, -1) for a in (rows, packed, np.zeros(meta[13], x.dtype), sums))
+    values = (a.reshape(1, 1, 1, 1, -1) for a in (rows, packed, np.zeros(meta[11], x.dtype), sums))
     arrays = (*values, idx_d, idx_h, w_table.reshape(1, -1), np.zeros(4, np.int64), meta)
     launch.run_tasks(entry, workers, arrays, meta[0], geometry.valid_flops)
     return sums[0] if workers == 1 else sums.sum(axis=0)
@@ -83,11 +118,17 @@ def weight_gradient(x, dy, geometry):
 
 @lru_cache(maxsize=64)
 def _foldable(geometry, dtype):
-    """Whether dw takes folded rows: one group of fewer input channels than the largest tile (an RGB or
-    single-channel layer: 1-3 tiles' pixels with transposed rows), plain along W (no W dilation)."""
-    vectors = blocked._packing(geometry, dtype)[0].vectors
-    return (geometry.groups == 1 and geometry.kernel[2] > 1 and geometry.lhs_dilation[2] == 1
-            and geometry.rhs_dilation[2] == 1 and geometry.in_channels < TARGET.pixel_counts(vectors)[0])
+    """Whether dw takes folded rows, plain along W (no input dilation there): one group of fewer input
+    channels than the largest tile (an RGB or single-channel layer: 1-3 tiles' pixels with transposed
+    rows) and no W dilation; or groups of one input channel packed K to a vector (depthwise, channel
+    multipliers: 1 pixel with transposed rows) along a stride-1 W."""
+    lanes_ = _lanes(geometry, dtype)
+    if geometry.kernel[2] == 1 or geometry.lhs_dilation[2] > 1:
+        return False
+    if lanes_.spread == 1:
+        return (geometry.groups == 1 and geometry.rhs_dilation[2] == 1
+                and geometry.in_channels < TARGET.pixel_counts(lanes_.vectors)[0])
+    return geometry.stride[2] == 1
 
 
 def _finite_at_w_edges(dy, geometry):
@@ -105,90 +146,131 @@ def _w_edges(geometry):
     return edges
 
 
-def _padded_rows(x, geometry, x_row):
-    """x (rows, W, Cin) -> (rows, x_row / Cin, Cin), position j holding x[row, j - lo] (zeros outside x):
-    every position a W tap of the output reads."""
-    out = buffers.empty((x.shape[0], x_row // x.shape[2], x.shape[2]), x.dtype)
-    _pad(x, geometry.pads[2][0], out)
+def _padded_rows(x, lo, units, rows_u, positions):
+    """x (rows, W, Cin) -> (rows, units, rows_u, positions, Cin / (units * rows_u)): row i of unit u holds
+    at [j, s] channel (u * E + s) * rows_u + i of x[row, j - lo] (zeros outside x): every position a W
+    tap of the output reads. (With rows_u = 1 and one unit, x's rows padded.)"""
+    out = buffers.empty((x.shape[0], units, rows_u, positions, x.shape[2] // (units * rows_u)), x.dtype)
+    _pad(x, lo, out)
     return out
 
 
 @parallel.kernel(cache=CACHE)
 def _pad(x, lo, out):
+    _, units, rows_u, positions, per_row = out.shape
     for row in prange(x.shape[0]):
-        for j in range(out.shape[1]):
-            for i in range(x.shape[2]):
-                out[row, j, i] = x[row, j - lo, i] if 0 <= j - lo < x.shape[1] else 0
+        for u in range(units):
+            for i in range(rows_u):
+                for j in range(positions):
+                    for s in range(per_row):
+                        inside = 0 <= j - lo < x.shape[1]
+                        out[row, u, i, j, s] = x[row, j - lo, (u * per_row + s) * rows_u + i] if inside else 0
 
 
-def _transposed(x, groups, rows_g, phases, row_length):
-    """x (rows, W, Cin) -> (rows, phases, groups * rows_g, row_length): element w of channel i of group
-    g at [w % phases, g * rows_g + i, w // phases]; channels rows_g > Cin / groups are zeros (the ends of
-    rows of other phases are never read)."""
-    out = buffers.empty((x.shape[0], phases, groups * rows_g, row_length), x.dtype)
-    _transpose(x, groups, rows_g, phases, out)
+def _transposed(x, groups, per_unit, rows_g, phases, row_length):
+    """x (rows, W, Cin) -> (rows, phases, units * rows_g, row_length, per_unit): element w of input
+    channel i of group u * per_unit + s at [w % phases, u * rows_g + i, w // phases, s]; channels
+    rows_g > Cin / groups are zeros (the ends of rows of other phases are never read). x itself where
+    that is its layout (depthwise in one unit, W in one phase)."""
+    units = groups // per_unit
+    if phases == 1 and units * rows_g == 1:
+        return x
+    out = buffers.empty((x.shape[0], phases, units * rows_g, row_length, per_unit), x.dtype)
+    _transpose(x, rows_g, phases, out)
     return out
 
 
 @parallel.kernel(cache=CACHE)
-def _transpose(x, groups, rows_g, phases, out):
-    cin_g = x.shape[2] // groups
+def _transpose(x, rows_g, phases, out):
+    per_unit = out.shape[4]
+    units = out.shape[2] // rows_g
+    cin_g = x.shape[2] // (units * per_unit)
     for row in prange(x.shape[0]):
         for w in range(x.shape[1]):
-            for g in range(groups):
-                for i in range(cin_g):
-                    out[row, w % phases, g * rows_g + i, w // phases] = x[row, w, g * cin_g + i]
-                for i in range(cin_g, rows_g):
-                    out[row, w % phases, g * rows_g + i, w // phases] = 0
+            for u in range(units):
+                for i in range(rows_g):
+                    for s in range(per_unit):
+                        inside = i < cin_g
+                        out[row, w % phases, u * rows_g + i, w // phases, s] = \
+                            x[row, w, (u * per_unit + s) * cin_g + i] if inside else 0
 
 
-def _packed(dy, geometry, blocking, classes, positions):
-    """dy (N, OD, OH, OW, Cout) -> (groups, blocks, N * OD * OH, classes, positions, V * LANES): position
-    ow = m * classes + c of output channel g * Cout_g + b * V * LANES + j at [g, b, row, c, m, j], zero
-    past the group's channels (the lanes of a partial block) and past the row's end. dy itself where
-    that is its layout."""
-    width = blocking.vectors * lanes(dy.dtype)
-    groups, cout = geometry.groups, geometry.out_channels
-    if groups == 1 and blocking.blocks == 1 and classes == 1 and cout == width:
+def _packed(dy, channels, classes, positions):
+    """dy (N, OD, OH, OW, Cout) -> (units, blocks, N * OD * OH, classes, positions, V * LANES): position
+    ow = m * classes + c of the output channel channels[u, b, j] (`_lane_channels`) at [u, b, row, c,
+    m, j], zero where that is -1 (lanes of no channel) and past the row's end. dy itself where that is
+    its layout."""
+    units, blocks, width = channels.shape
+    n, od, oh, ow, cout = dy.shape
+    if units * blocks == 1 and classes == 1 and width == cout and (channels[0, 0] == np.arange(cout)).all():
         return dy
-    n, od, oh, ow, _ = dy.shape
-    out = buffers.empty((groups, blocking.blocks, n * od * oh, classes, positions, width), dy.dtype)
-    _pack(dy.reshape(n * od * oh, ow, cout), cout // groups, out)
+    out = buffers.empty((units, blocks, n * od * oh, classes, positions, width), dy.dtype)
+    _pack(dy.reshape(n * od * oh, ow, cout), channels, out)
     return out
 
 
 @parallel.kernel(cache=CACHE)
-def _pack(dy, cout_g, out):
-    groups, blocks, rows, classes, positions, width = out.shape
+def _pack(dy, channels, out):
+    units, blocks, rows, classes, positions, width = out.shape
     for row in prange(rows):
-        for g in range(groups):
+        for u in range(units):
             for b in range(blocks):
                 for c in range(classes):
                     for m in range(positions):
                         ow = m * classes + c
                         for j in range(width):
-                            channel = b * width + j
-                            inside = ow < dy.shape[1] and channel < cout_g
-                            out[g, b, row, c, m, j] = dy[row, ow, g * cout_g + channel] if inside else 0
+                            channel = channels[u, b, j]
+                            inside = ow < dy.shape[1] and channel >= 0
+                            out[u, b, row, c, m, j] = dy[row, ow, channel] if inside else 0
+
+
+@lru_cache(maxsize=64)
+def _lane_channels(geometry, dtype):
+    """(units, blocks, V * LANES): the output channel of each lane of a unit's packed blocks of dy, -1
+    for a lane of none. K = 1: block b of group u holds its channels b * V * LANES...; K > 1: lane
+    l of vector v holds channel l // K of the unit's group v * K + l % K (`_lanes`)."""
+    lanes_, width = _lanes(geometry, dtype), lanes(dtype)
+    cout_g, k = geometry.out_channels // geometry.groups, lanes_.spread
+    units = geometry.groups // lanes_.per_unit
+    unit, block, vector, lane = np.ogrid[:units, :lanes_.blocks, :lanes_.vectors, :width]
+    if k == 1:
+        group, channel = unit, (block * lanes_.vectors + vector) * width + lane
+    else:
+        group, channel = unit * lanes_.per_unit + vector * k + lane % k, lane // k
+    channels = np.where(channel < cout_g, group * cout_g + channel, -1).reshape(units, lanes_.blocks, -1)
+    channels.flags.writeable = False  # shared by every call with this geometry
+    return channels
 
 
 @lru_cache(maxsize=64)
 def _launch_args(geometry, dtype, threads, folded):
-    """The entry's address, the threads to run it on, `_work`'s meta (read-only), the W tap
-    table and the layout's sizes: (a group's rows, phases, row length, classes, positions per class)."""
+    """The entry's address, the threads to run it on, `_work`'s meta (read-only), the W tap table and
+    the layout's sizes: (groups, groups per unit, a group's rows, phases, row length, classes,
+    positions per class)."""
     dtype = np.dtype(dtype)
-    blocking = blocked._packing(geometry, dtype)[0]
+    lanes_ = _lanes(geometry, dtype)
     n, od, oh, ow, cout = geometry.out_shape
     d, h, w = geometry.in_spatial
     kd, kh, kw = geometry.kernel
-    groups, cin = geometry.groups, geometry.in_channels
-    cin_g, width = cin // groups, blocking.vectors * lanes(dtype)
-    counts = TARGET.pixel_counts(blocking.vectors)
-    if folded:  # pixels j = kw * Cin + i one element apart, the reduction stride * Cin: all of W's taps at once
-        step, pixels, taps_w = geometry.stride[2] * cin, kw * cin, 1
-        x_row, row_length = ((ow - 1) * geometry.stride[2] + kw) * cin, 1
+    groups, cin, k = geometry.groups, geometry.in_channels, lanes_.spread
+    cin_g, width, units = cin // groups, lanes_.vectors * lanes(dtype), groups // lanes_.per_unit
+    counts = TARGET.pixel_counts(lanes_.vectors, whole=k == lanes(dtype))
+    per_unit, r_w = lanes_.per_unit, geometry.rhs_dilation[2]
+    # How the tiles lie (`_tiles`): (rows, pixels of a tap tile (0: tiles of rows), pixels kept, x from a
+    # row to the next, x from a pixel to the next, dw from a pixel to the next, dw's KW, dw's Cin / groups)
+    if folded and k == 1:  # pixels j = kw * Cin + i one element apart, the reduction stride * Cin: all W taps at once
+        step, taps_w, rows = geometry.stride[2] * cin, 1, kw * cin
+        tiles = (rows, 0, rows, 1, 1, cout, 1, rows)
+        positions, rows_u = (ow - 1) * geometry.stride[2] + kw, 1
+    elif folded:  # pixels = W taps (r apart), one row per input channel; pixels past KW, to fill a body, dropped
+        step, taps_w, rows_u = 1, 1, cin_g
+        pixels = min((c for c in counts if c >= kw), default=kw)
+        positions = ow + (pixels - 1) * r_w
+        tiles = (cin_g, pixels, kw, positions * per_unit, r_w * per_unit, cin_g * cout, kw, cin_g)
+    if folded:
+        unit_pitch = positions * cin // units  # (rows_u rows of positions x the unit's groups)
         w_table = np.array([[[0, 0, ow]]], np.int64)
-        layout = (pixels, 1, 1, 1, ow)
+        layout = ((units, rows_u, positions), (1, ow))
     else:
         stride, lhs = geometry.stride[2], geometry.lhs_dilation[2]
         classes, phases = lhs // gcd(stride, lhs), stride // gcd(stride, lhs)
@@ -196,37 +278,43 @@ def _launch_args(geometry, dtype, threads, folded):
         # A group with fewer input channels than the largest body's pixels gets zero channels up to the
         # next body's (their sums are dropped): 5 channels are one 6-pixel tile, not 4 + 1.
         rows_g = cin_g if cin_g >= counts[0] else min(c for c in counts if c >= cin_g)
-        step, pixels, taps_w, x_row = 1, rows_g, kw, phases * groups * rows_g * row_length
-        w_table = _w_table(geometry.tap_tables()[2], classes, phases, groups * rows_g * row_length, positions, width)
-        layout = (rows_g, phases, row_length, classes, positions)
-    family = (blocking.shape[0], (0,), (0,), (0,) * step)  # K = 1 stepping `step` elements (its D)
+        step, taps_w = 1, kw
+        tiles = (rows_g, 0, cin_g, row_length * per_unit, row_length * per_unit, cout, kw, cin_g)
+        unit_pitch = rows_g * row_length * per_unit
+        w_table = _w_table(geometry.tap_tables()[2], classes, phases, units * rows_g * row_length, positions,
+                           (per_unit, width))
+        layout = ((groups, per_unit, rows_g, phases, row_length), (classes, positions))
+    x_row = unit_pitch * units * (1 if folded else phases)
+    # K = 1 stepping `step` elements (its D), or K groups of G channels (D = 1)
+    family = ((0,) * lanes_.vectors, (0,) * k, (0,) * (cout // groups if k > 1 else 1), (0,) * step)
     body_pixels = (*counts, *[1] * (_BODIES - len(counts)))
-    # A task is (n, a run of planes, group, block, kd), the runs as long as make PLANE_POSITIONS positions
+    # A task is (n, a run of planes, unit, block, kd), the runs as long as make PLANE_POSITIONS positions
     # but short enough for TASKS_PER_THREAD tasks per thread where the layer has few.
-    base = n * groups * blocking.blocks * kd
+    base = n * units * lanes_.blocks * kd
     planes = max(1, min(-(-PLANE_POSITIONS // (oh * ow)), od * base // (TASKS_PER_THREAD * threads)))
     plane_runs = -(-od // planes)
     n_tasks = base * plane_runs
     workers = min(threads, n_tasks)
-    meta = np.array((n_tasks, workers, n, d, h, x_row, n * d * h * x_row, row_length, pixels, od, oh, w_table.shape[1],
-                     layout[4], width, kd, kh, taps_w, groups, blocking.blocks, cin_g if not folded else pixels,
-                     cout // groups, cout, plane_runs, planes, lines_address(family, dtype), *body_pixels), np.int64)
+    meta = np.array((n_tasks, workers, n, d, h, x_row, n * d * h * x_row, od, oh, w_table.shape[1], layout[1][1],
+                     width, kd, kh, taps_w, units, lanes_.blocks, cout // units, cout, plane_runs, planes,
+                     lines_address(family, dtype), lanes_.channels, unit_pitch, *tiles, *body_pixels), np.int64)
     meta.flags.writeable = w_table.flags.writeable = False  # (both read-only, as the forward's: one launch.run)
     return launch.address(_entry(dtype)), workers, meta, w_table, layout
 
 
-def _w_table(idx_w, classes, phases, phase_length, positions, width):
-    """(KW, classes, 3): per W tap and class, the x offset in a transposed row (phase * phase_length +
-    the first element), the dy offset in a packed row ((class * positions + the first position) *
-    width) and the count of positions (0: the tap reads only padding or inserted zeros there)."""
+def _w_table(idx_w, classes, phases, phase_length, positions, widths):
+    """(KW, classes, 3): per W tap and class, the x offset in a transposed row ((phase * phase_length +
+    the first element) * the unit's groups), the dy offset in a packed row ((class * positions + the
+    first position) * V * LANES) and the count of positions (0: the tap reads only padding or inserted
+    zeros there). widths: (the unit's groups, V * LANES)."""
     table = np.zeros((idx_w.shape[1], classes, 3), np.int64)
     for k in range(idx_w.shape[1]):
         for c in range(classes):
             valid = np.flatnonzero(idx_w[c::classes, k] >= 0)  # an interval (see the module docstring)
             if valid.size:
                 first = idx_w[c + classes * valid[0], k]
-                table[k, c] = (first % phases * phase_length + first // phases,
-                               (c * positions + valid[0]) * width, valid.size)
+                table[k, c] = ((first % phases * phase_length + first // phases) * widths[0],
+                               (c * positions + valid[0]) * widths[1], valid.size)
     return table
 
 
@@ -244,7 +332,7 @@ def _entry(dtype):
 
 # The most pixel counts of a family (`target.Blocking.pixels`), and meta's length
 _BODIES = max(len(counts) for counts in TARGET.blocking.pixels.values())
-_META = 25 + _BODIES
+_META = 32 + _BODIES
 
 
 @njit(inline="always")
@@ -253,64 +341,67 @@ def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, me
     this thread's own dw (the thread's number: counter[3], counted up as threads enter), on flat views
     of the arrays made once (see `blocked._work`)."""
     meta = carray(meta_ptr, (_META,))
-    n_tasks, workers, n, d, h, x_row, x_size, row_length, rows_g, od, oh, classes, positions, width = meta[:14]
-    kd, kh, kw, groups, blocks, cin_g, cout_g, cout, plane_runs, planes, lines_of = meta[14:25]
-    body_pixels = meta[25:]
+    n_tasks, workers, n, d, h, x_row, x_size, od, oh, classes, positions, width, kd, kh, taps_w = meta[:15]
+    units, blocks, unit_cout, cout, plane_runs, planes, lines_of, channels, unit_pitch = meta[15:24]
+    tiles, body_pixels = meta[24:32], meta[32:]
     counter = carray(counter_ptr, (4,))
     worker = fetch_add(counter[3:], np.int64(1)) % workers
     x = carray(x_ptr, (x_size,))
-    dy = carray(dy_ptr, (groups * blocks * n * od * oh * classes * positions * width,))
-    size = kd * kh * kw * cin_g * cout
+    dy = carray(dy_ptr, (units * blocks * n * od * oh * classes * positions * width,))
+    size = kd * kh * tiles[6] * tiles[7] * cout
     dw = carray(dw_ptr, (workers * size,))[worker * size:(worker + 1) * size]
-    tables = (carray(d_ptr, (od, kd)), carray(h_ptr, (oh, kh)), carray(w_ptr, (kw, classes, 3)))
+    tables = (carray(d_ptr, (od, kd)), carray(h_ptr, (oh, kh)), carray(w_ptr, (taps_w, classes, 3)))
     zeros = carray(zeros_ptr, (width,))  # the bias the micro-kernel adds
     scratch = np.empty(_MOST_PIXELS * width, x.dtype)
-    taps, counts = np.empty((kw, planes * oh * classes, 3), np.int64), np.empty(kw, np.int64)
-    sizes = (n, od, oh, d, h, x_row, classes * positions * width, row_length, width, blocks, (cin_g, rows_g),
-             cout_g, cout, kh, kw)
+    taps, counts = np.empty((taps_w, planes * oh * classes, 3), np.int64), np.empty(taps_w, np.int64)
+    sizes = (n, od, oh, d, h, x_row, classes * positions * width, width, blocks, (unit_cout, channels, unit_pitch),
+             cout, kh, taps_w)
     start, end = counter[1], counter[2]
     first, last = claim(counter, start, end, workers)
     while first < end:
         for task in range(first, last):
-            # (n, a run of planes, group, block, kd): consecutive tasks share their dy rows
+            # (n, a run of planes, unit, block, kd): consecutive tasks share their dy rows
             i_kd, rest = task % kd, task // kd
             i_b, rest = rest % blocks, rest // blocks
-            g, rest = rest % groups, rest // groups
+            u, rest = rest % units, rest // units
             i_n, run = rest // plane_runs, rest % plane_runs
             first_plane = run * planes
             for i_kh in range(kh):
-                _tap_lists(taps, counts, tables, sizes, (g, i_b, i_kd, i_kh), i_n,
+                _tap_lists(taps, counts, tables, sizes, (u, i_b, i_kd, i_kh), i_n,
                            (first_plane, min(od, first_plane + planes)))
-                _tiles(x, dy, zeros, scratch, dw, (taps, counts), sizes, (g, i_b, i_kd, i_kh), (lines_of, body_pixels))
+                _tiles(x, dy, zeros, scratch, dw, (taps, counts), sizes, (u, i_b, i_kd, i_kh),
+                       (lines_of, body_pixels, tiles))
         first, last = claim(counter, last, end, workers)
 
 
 @njit(inline="always")
 def _tiles(x, dy, zeros, scratch, dw, tap_lists, sizes, place, family):
-    """Add to dw the sums over the tap lists of (kd, kh, every kw) of group g, block b: micro-kernel tiles
-    over the group's input channels (pixels), each through every kw while its x rows are in L1. `family`:
-    the address of its micro-kernel loop and its pixel counts (`_launch_args`)."""
-    n, od, oh, d, h, x_row, dy_row, row_length, width, blocks, (cin_g, rows_g), cout_g, cout, kh, kw = sizes
-    g, b, i_kd, i_kh = place
+    """Add to dw the sums over the tap lists of (kd, kh, every kw) of unit u, block b: micro-kernel tiles
+    over the unit's rows, each through every kw while its x rows are in L1. A tile's pixels are rows
+    (input channels, or the folded rows' (kw, input channel)) or W taps of one row (`_launch_args`).
+    `family`: the address of its micro-kernel loop, its pixel counts, and how the tiles lie."""
+    n, od, oh, d, h, x_row, dy_row, width, blocks, (unit_cout, channels, unit_pitch), cout, kh, taps_w = sizes
+    u, b, i_kd, i_kh = place
     taps, counts = tap_lists
-    lines_of, body_pixels = family
-    stored = min(width, cout_g - b * width)
+    lines_of, body_pixels, (rows, tap_pixels, kept, row_pitch, pixel_step, pixel_out, kw_out, cin_g) = family
+    stored = min(channels, unit_cout - b * channels)
     if counts.max() == 0:  # no kw reads these planes
         return
-    i = 0
-    while i < rows_g:
-        pixels = _most_pixels(body_pixels, rows_g - i)
-        for i_kw in range(kw):
+    r = 0
+    while r < rows:
+        pixels = tap_pixels if tap_pixels else _most_pixels(body_pixels, rows - r)
+        for i_kw in range(taps_w):
             if counts[i_kw] == 0:
                 continue
             # (one call: `pixels` is one of the family's pixel counts)
-            fma_lines_at(lines_of, 1, pixels, x, ((g * rows_g + i) * row_length, row_length, 0), taps[i_kw],
+            fma_lines_at(lines_of, 1, pixels, x, (u * unit_pitch + r * row_pitch, pixel_step, 0), taps[i_kw],
                          counts[i_kw], dy, (0, 0), zeros, scratch, (0, width, 0, width, CACHED))
-            out = (((i_kd * kh + i_kh) * kw + i_kw) * cin_g + i) * cout + g * cout_g + b * width
-            for p in range(min(pixels, cin_g - i)):  # (not the zero channels')
+            out = (((i_kd * kh + i_kh) * kw_out + i_kw) * cin_g + r) * cout + u * unit_cout + b * channels
+            # (not the zero channels', nor the taps past KW)
+            for p in range(min(pixels, kept if tap_pixels else kept - r)):
                 for j in range(stored):
-                    dw[out + p * cout + j] += scratch[p * width + j]
-        i += pixels
+                    dw[out + p * pixel_out + j] += scratch[p * width + j]
+        r += 1 if tap_pixels else pixels
 
 
 @njit(inline="always")
@@ -326,8 +417,8 @@ def _most_pixels(body_pixels, remaining):
 def _tap_lists(taps, counts, tables, sizes, place, i_n, planes):
     """taps[kw, :counts[kw]] = (x offset, dy offset, count) of the rows and classes of the planes (n, od),
     od in range(*planes), through (kd, kh, kw), for every kw."""
-    n, od, oh, d, h, x_row, dy_row, row_length, width, blocks, _, cout_g, cout, kh, kw = sizes
-    g, b, i_kd, i_kh = place
+    n, od, oh, d, h, x_row, dy_row, width, blocks, _, cout, kh, taps_w = sizes
+    u, b, i_kd, i_kh = place
     idx_d, idx_h, w_table = tables
     counts[:] = 0
     for i_od in range(planes[0], planes[1]):
@@ -337,8 +428,8 @@ def _tap_lists(taps, counts, tables, sizes, place, i_n, planes):
             if i_d < 0 or i_h < 0:
                 continue
             x_at = ((i_n * d + i_d) * h + i_h) * x_row
-            dy_at = ((((g * blocks + b) * n + i_n) * od + i_od) * oh + i_oh) * dy_row
-            for i_kw in range(kw):
+            dy_at = ((((u * blocks + b) * n + i_n) * od + i_od) * oh + i_oh) * dy_row
+            for i_kw in range(taps_w):
                 for c in range(w_table.shape[1]):
                     if w_table[i_kw, c, 2] > 0:
                         count = counts[i_kw]

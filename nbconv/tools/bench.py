@@ -1,9 +1,10 @@
 """Peer comparison: nbconv against PyTorch CPU (oneDNN, channels_last_3d), ONNX Runtime (MLAS), OpenVINO
 (its oneDNN) and JAX/XLA, in one process.
 
-`python -m nbconv bench [--set public|heldout|smoke] [--workloads a,b] [--peers torch,onnxruntime,openvino,jax]
+`python -m nbconv bench [--set public|heldout|smoke|groups] [--workloads a,b] [--peers torch,onnxruntime,openvino,jax]
 [--repeats 7] [--json out.json] [--plot out.png] [--backward | --jax] [--backend cpu|cuda]`
-(--backward: the gradients, conv3d_vjp's dx and dw, against PyTorch autograd's backward; --jax:
+(--backward: the gradients, conv3d_vjp's dx and dw, against PyTorch autograd's backward, and nbconv's
+dx and dw each over its forward; --jax:
 brainstate's Conv3d under jax.jit, XLA against nbconv.jax, nbconv/tools/jax_bench.py; --backend cuda:
 the CUDA kernels against PyTorch CUDA and JAX on the GPU, nbconv/tools/cuda_bench.py.)
 Each peer's output is first checked against nbconv's, so the table compares the same computation.
@@ -145,23 +146,31 @@ def measure(wl, factories, repeats):
 
 def measure_backward(wl, threads, repeats, with_torch):
     """GFLOP/s of the whole backward, dx and dw (twice the forward's FLOPs), of nbconv's conv3d_vjp
-    and PyTorch autograd's, for a random dy."""
+    and PyTorch autograd's, for a random dy; and, timed in the same rounds, nbconv's dx alone and dw
+    alone over its forward (`dx/fwd`, `dw/fwd`)."""
     x, w = wl.arrays()
     dy = np.random.default_rng(1).standard_normal(wl.geometry.out_shape).astype(x.dtype)
-    runners = {"nbconv": lambda: nbconv.conv3d_vjp(x, w, dy, wrt=("x", "w"), backend="cpu", **wl.options)[0]}
+
+    def vjp(*wrt):
+        return lambda: nbconv.conv3d_vjp(x, w, dy, wrt=wrt, backend="cpu", **wl.options)[0 if wrt[0] == "x" else 1]
+    runners = {"nbconv": vjp("x", "w"), "forward": nbconv_runner(wl, x, w), "dx": vjp("x"), "dw": vjp("w")}
     if with_torch:
         runners["torch"] = torch_backward_runner(wl, x, w, dy, threads)
-    return _timed_row(wl, runners, 2 * wl.flops, repeats)
+    row = _timed_row(wl, runners, 2 * wl.flops, repeats, checked=("nbconv", "torch"))
+    forward, dx, dw = (row.pop(name) for name in ("forward", "dx", "dw"))
+    return {**row, "dx/fwd": forward / dx, "dw/fwd": forward / dw}  # (of speeds: the times' ratios)
 
 
-def _timed_row(wl, runners, flops, repeats):
-    """All runners run (and are checked against nbconv) once before any is timed, so that no runner
-    pays for another's first call (compilation, thread pools, first-touch pages)."""
+def _timed_row(wl, runners, flops, repeats, checked=None):
+    """All runners run (and those `checked`, default all, are checked against nbconv) once before any is
+    timed, so that no runner pays for another's first call (compilation, thread pools, first-touch
+    pages)."""
     runners = {name: run for name, run in runners.items() if run is not None}
     want = np.asarray(runners["nbconv"]())
     tol = 1e-3 if wl.dtype == "float32" else 1e-10
     for name, run in runners.items():
-        if not np.allclose(np.asarray(run()), want, rtol=tol, atol=tol * np.abs(want).max()):
+        result = np.asarray(run())
+        if name in (checked or runners) and not np.allclose(result, want, rtol=tol, atol=tol * np.abs(want).max()):
             raise AssertionError(f"{name} disagrees with nbconv on {wl.name}")
     row = {"workload": wl.name, "gflop": flops / 1e9}
     for name, seconds in interleaved_medians(runners, repeats).items():
@@ -169,14 +178,17 @@ def _timed_row(wl, runners, flops, repeats):
     return row
 
 
-def format_table(rows, peer_names):
+def format_table(rows, peer_names, ratios=()):
+    """The rows' GFLOP/s and nbconv's speed over each peer's; `ratios`: further columns of each row
+    (nbconv's times over its own forward's, `measure_backward`)."""
     head = f"{'workload':<15}{'GFLOP':>7}{'nbconv':>9}" + "".join(f"{p[:11]:>12}" for p in peer_names)
-    head += "".join(f"{'/' + p[:11]:>13}" for p in peer_names)
+    head += "".join(f"{'/' + p[:11]:>13}" for p in peer_names) + "".join(f"{r:>9}" for r in ratios)
     lines = ["GFLOP/s, medians; '/peer' = nbconv speed / peer speed ('-': the peer has no such convolution)", head]
     for row in rows:
         cells = f"{row['workload']:<15}{row['gflop']:>7.2f}{row['nbconv']:>9.1f}"
         cells += "".join(f"{row[p]:>12.1f}" if p in row else f"{'-':>12}" for p in peer_names)
         cells += "".join(f"{row['nbconv'] / row[p]:>12.2f}x" if p in row else f"{'-':>13}" for p in peer_names)
+        cells += "".join(f"{row[r]:>8.2f}x" for r in ratios)
         lines.append(cells)
     return "\n".join(lines)
 
@@ -241,7 +253,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m nbconv bench", description=__doc__)
     parser.add_argument("--set", default="public", choices=list(SETS),
                         help="public: workloads.json; heldout: shapes nothing is tuned for; smoke: the public "
-                             "kinds at tiny sizes (the CUDA simulator)")
+                             "kinds at tiny sizes (the CUDA simulator); groups: 16 channels a group to "
+                             "depthwise (--backward)")
     parser.add_argument("--workloads", help="comma-separated names (default: all of the set)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=nbconv.get_num_threads())
@@ -280,8 +293,9 @@ def main(argv=None):
     print(f"nbconv {nbconv.__version__}, {args.threads} threads; compile target {TARGET.describe()}; "
           f"peak {peak:.0f} GFLOP/s float32 (register-only multiply-add loop, nbconv.tools.peak)")
     if args.backward:
-        print("backward: dx and dw, GFLOP/s counting twice the forward's FLOPs")
-    print(format_table(rows, list(factories)))
+        print("backward: dx and dw, GFLOP/s counting twice the forward's FLOPs; dx/fwd, dw/fwd: nbconv's "
+              "time for dx alone and dw alone over its forward's")
+    print(format_table(rows, list(factories), ("dx/fwd", "dw/fwd") if args.backward else ()))
     if args.json:
         write_json(args, argv, peak, rows, backward=args.backward)
     if args.plot:

@@ -54,9 +54,9 @@ class Workload:
         return x, rng.standard_normal(self.w_shape).astype(self.dtype)
 
 
-# Workload sets: the public one, shapes of the same kinds that nothing is tuned for, and the public
-# kinds at tiny sizes (for the CUDA simulator).
-SETS = {"public": "workloads.json", "heldout": "heldout.json", "smoke": "smoke.json"}
+# Workload sets: the public one, shapes of the same kinds that nothing is tuned for, the public kinds
+# at tiny sizes (for the CUDA simulator), and grouped layers from 16 channels a group to depthwise.
+SETS = {"public": "workloads.json", "heldout": "heldout.json", "smoke": "smoke.json", "groups": "groups.json"}
 
 
 def load_workloads(which="public"):
