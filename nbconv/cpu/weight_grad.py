@@ -103,14 +103,18 @@ def weight_gradient(x, dy, geometry):
     folded = _foldable(geometry, x.dtype) and _finite_at_w_edges(dy, geometry)
     entry, workers, meta, w_table, layout = _launch_args(geometry, x.dtype, get_num_threads(), folded)
     n, d, h, w, cin = x.shape
-    rows = x.reshape(n * d * h, w, cin)
-    rows = _padded_rows(rows, geometry.pads[2][0], *layout[0]) if folded else _transposed(rows, *layout[0])
+    rows, ring = x.reshape(n * d * h, w, cin), meta[32]
+    if not ring:  # (else the threads pad x's planes as they go: `_pad_planes`)
+        rows = _padded_rows(rows, geometry.pads[2][0], *layout[0]) if folded else _transposed(rows, *layout[0])
     packed = _packed(dy, _lane_channels(geometry, x.dtype), *layout[1])
     sums = np.zeros((workers, *geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
+    # The micro-kernel's zero bias, then each thread's ring of padded planes
+    work = np.empty(meta[11] + workers * ring * h * meta[5], x.dtype)
+    work[:meta[11]] = 0
     idx_d, idx_h, _ = geometry.tap_tables()
     # The arrays as 5-D and 2-D views, like the forward's (`blocked.run`), so that `launch.run` is
     # compiled once for both (each other tuple type would compile it again, parfor passes and all).
-    values = (a.reshape(1, 1, 1, 1, -1) for a in (rows, packed, np.zeros(meta[11], x.dtype), sums))
+    values = (a.reshape(1, 1, 1, 1, -1) for a in (rows, packed, work, sums))
     arrays = (*values, idx_d, idx_h, w_table.reshape(1, -1), np.zeros(4, np.int64), meta)
     launch.run_tasks(entry, workers, arrays, meta[0], geometry.valid_flops)
     return sums[0] if workers == 1 else sums.sum(axis=0)
@@ -295,9 +299,17 @@ def _launch_args(geometry, dtype, threads, folded):
     plane_runs = -(-od // planes)
     n_tasks = base * plane_runs
     workers = min(threads, n_tasks)
-    meta = np.array((n_tasks, workers, n, d, h, x_row, n * d * h * x_row, od, oh, w_table.shape[1], layout[1][1],
+    # Folded rows of a row of x each (one unit of one row: x's rows with zero margins) are padded by each
+    # thread as its tasks reach their planes, into a ring of as many planes as a run of tasks reads
+    # (`_pad_planes`): not copied whole first, which read and wrote all of x through memory once more.
+    ring = 0
+    if folded and units * layout[0][1] == 1:
+        ring = (planes - 1) * geometry.stride[0] + (kd - 1) * geometry.rhs_dilation[0] + 1
+    x_size = n * d * h * (w * cin if ring else x_row)
+    meta = np.array((n_tasks, workers, n, d, h, x_row, x_size, od, oh, w_table.shape[1], layout[1][1],
                      width, kd, kh, taps_w, units, lanes_.blocks, cout // units, cout, plane_runs, planes,
-                     lines_address(family, dtype), lanes_.channels, unit_pitch, *tiles, *body_pixels), np.int64)
+                     lines_address(family, dtype), lanes_.channels, unit_pitch, *tiles, ring,
+                     geometry.pads[2][0], w, cin, *body_pixels), np.int64)
     meta.flags.writeable = w_table.flags.writeable = False  # (both read-only, as the forward's: one launch.run)
     return launch.address(_entry(dtype)), workers, meta, w_table, layout
 
@@ -332,7 +344,7 @@ def _entry(dtype):
 
 # The most pixel counts of a family (`target.Blocking.pixels`), and meta's length
 _BODIES = max(len(counts) for counts in TARGET.blocking.pixels.values())
-_META = 32 + _BODIES
+_META = 36 + _BODIES
 
 
 @njit(inline="always")
@@ -343,7 +355,7 @@ def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, me
     meta = carray(meta_ptr, (_META,))
     n_tasks, workers, n, d, h, x_row, x_size, od, oh, classes, positions, width, kd, kh, taps_w = meta[:15]
     units, blocks, unit_cout, cout, plane_runs, planes, lines_of, channels, unit_pitch = meta[15:24]
-    tiles, body_pixels = meta[24:32], meta[32:]
+    tiles, (ring, lo, w, cin), body_pixels = meta[24:32], meta[32:36], meta[36:]
     counter = carray(counter_ptr, (4,))
     worker = fetch_add(counter[3:], np.int64(1)) % workers
     x = carray(x_ptr, (x_size,))
@@ -351,11 +363,15 @@ def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, me
     size = kd * kh * tiles[6] * tiles[7] * cout
     dw = carray(dw_ptr, (workers * size,))[worker * size:(worker + 1) * size]
     tables = (carray(d_ptr, (od, kd)), carray(h_ptr, (oh, kh)), carray(w_ptr, (taps_w, classes, 3)))
-    zeros = carray(zeros_ptr, (width,))  # the bias the micro-kernel adds
+    # The bias the micro-kernel adds (zeros), then this thread's ring of padded planes (tagged by plane)
+    ring_size = ring * h * x_row
+    zeros = carray(zeros_ptr, (width + workers * ring_size,))
+    padded, tags = zeros[width + worker * ring_size:width + (worker + 1) * ring_size], np.full(ring, -1, np.int64)
+    source = padded if ring else x
     scratch = np.empty(_MOST_PIXELS * width, x.dtype)
     taps, counts = np.empty((taps_w, planes * oh * classes, 3), np.int64), np.empty(taps_w, np.int64)
     sizes = (n, od, oh, d, h, x_row, classes * positions * width, width, blocks, (unit_cout, channels, unit_pitch),
-             cout, kh, taps_w)
+             cout, kh, taps_w, ring)
     start, end = counter[1], counter[2]
     first, last = claim(counter, start, end, workers)
     while first < end:
@@ -366,10 +382,12 @@ def _work(x_ptr, dy_ptr, zeros_ptr, dw_ptr, d_ptr, h_ptr, w_ptr, counter_ptr, me
             u, rest = rest % units, rest // units
             i_n, run = rest // plane_runs, rest % plane_runs
             first_plane = run * planes
+            run_planes = (first_plane, min(od, first_plane + planes))
+            if ring:
+                _pad_planes(x, (padded, tags), tables[0], (i_n, i_kd, run_planes), (d, h, w, cin, lo))
             for i_kh in range(kh):
-                _tap_lists(taps, counts, tables, sizes, (u, i_b, i_kd, i_kh), i_n,
-                           (first_plane, min(od, first_plane + planes)))
-                _tiles(x, dy, zeros, scratch, dw, (taps, counts), sizes, (u, i_b, i_kd, i_kh),
+                _tap_lists(taps, counts, tables, sizes, (u, i_b, i_kd, i_kh), i_n, run_planes)
+                _tiles(source, dy, zeros, scratch, dw, (taps, counts), sizes, (u, i_b, i_kd, i_kh),
                        (lines_of, body_pixels, tiles))
         first, last = claim(counter, last, end, workers)
 
@@ -380,7 +398,7 @@ def _tiles(x, dy, zeros, scratch, dw, tap_lists, sizes, place, family):
     over the unit's rows, each through every kw while its x rows are in L1. A tile's pixels are rows
     (input channels, or the folded rows' (kw, input channel)) or W taps of one row (`_launch_args`).
     `family`: the address of its micro-kernel loop, its pixel counts, and how the tiles lie."""
-    n, od, oh, d, h, x_row, dy_row, width, blocks, (unit_cout, channels, unit_pitch), cout, kh, taps_w = sizes
+    n, od, oh, d, h, x_row, dy_row, width, blocks, (unit_cout, channels, unit_pitch), cout, kh, taps_w, _ = sizes
     u, b, i_kd, i_kh = place
     taps, counts = tap_lists
     lines_of, body_pixels, (rows, tap_pixels, kept, row_pitch, pixel_step, pixel_out, kw_out, cin_g) = family
@@ -405,6 +423,32 @@ def _tiles(x, dy, zeros, scratch, dw, tap_lists, sizes, place, family):
 
 
 @njit(inline="always")
+def _pad_planes(x, ring, idx_d, place, sizes):
+    """Pad the input planes that the task's planes od read through kd (place = (n, kd, (first od, end)))
+    into the thread's ring of planes (ring = (planes, tags): slot plane % its size, tagged with the
+    plane, so that the next tasks of its run find the planes they share padded already); each row
+    as `_padded_rows` pads it: position j holds x[row, j - lo], zeros outside x."""
+    padded, tags = ring
+    i_n, i_kd, (first, end) = place
+    d, h, w, cin, lo = sizes
+    row_in, x_row = w * cin, padded.size // (tags.size * h)
+    start = min(x_row, max(0, lo) * cin)
+    inside = start, max(start, min(x_row, (w + lo) * cin))  # the elements of a padded row that x fills
+    for i_od in range(first, end):
+        i_d = idx_d[i_od, i_kd]
+        plane = i_n * d + i_d
+        slot = plane % tags.size
+        if i_d < 0 or tags[slot] == plane:
+            continue
+        tags[slot] = plane
+        for i_h in range(h):
+            at, source = (slot * h + i_h) * x_row, (plane * h + i_h) * row_in - lo * cin
+            padded[at:at + inside[0]] = 0
+            padded[at + inside[0]:at + inside[1]] = x[source + inside[0]:source + inside[1]]
+            padded[at + inside[1]:at + x_row] = 0
+
+
+@njit(inline="always")
 def _most_pixels(body_pixels, remaining):
     """The largest of a family's pixel counts (largest first, the last 1) that `remaining` allows."""
     for pixels in body_pixels:
@@ -417,7 +461,7 @@ def _most_pixels(body_pixels, remaining):
 def _tap_lists(taps, counts, tables, sizes, place, i_n, planes):
     """taps[kw, :counts[kw]] = (x offset, dy offset, count) of the rows and classes of the planes (n, od),
     od in range(*planes), through (kd, kh, kw), for every kw."""
-    n, od, oh, d, h, x_row, dy_row, width, blocks, _, cout, kh, taps_w = sizes
+    n, od, oh, d, h, x_row, dy_row, width, blocks, _, cout, kh, taps_w, ring = sizes
     u, b, i_kd, i_kh = place
     idx_d, idx_h, w_table = tables
     counts[:] = 0
@@ -427,7 +471,8 @@ def _tap_lists(taps, counts, tables, sizes, place, i_n, planes):
             i_h = idx_h[i_oh, i_kh]
             if i_d < 0 or i_h < 0:
                 continue
-            x_at = ((i_n * d + i_d) * h + i_h) * x_row
+            plane = i_n * d + i_d
+            x_at = ((plane % ring if ring else plane) * h + i_h) * x_row  # (a ring: `_pad_planes`)
             dy_at = ((((u * blocks + b) * n + i_n) * od + i_od) * oh + i_oh) * dy_row
             for i_kw in range(taps_w):
                 for c in range(w_table.shape[1]):
