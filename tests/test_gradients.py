@@ -97,13 +97,13 @@ WEIGHT_GRADIENT_CASES = [
     ((2, 3, 3, 8, 3), (3, 3, 3, 3, 32), dict(padding="SAME", rhs_dilation=(1, 1, 2))),
     # groups narrower than a vector, packed K to one: W taps as pixels (depthwise, a channel multiplier,
     # two input channels a group, W dilation), and transposed rows (W stride: phases; W input dilation:
-    # classes; several units)
+    # classes; more groups than a unit's MOST_VECTORS vectors hold: several units)
     ((2, 3, 4, 9, 16), (3, 3, 3, 1, 16), dict(padding="SAME", groups=16)),
     ((1, 3, 4, 11, 6), (2, 3, 3, 1, 12), dict(padding=((1, 0), (0, 1), (2, -1)), groups=6)),
     ((1, 3, 4, 9, 16), (3, 2, 3, 2, 16), dict(padding="SAME", rhs_dilation=(1, 1, 2), groups=8)),
     ((1, 4, 5, 13, 24), (3, 3, 3, 3, 16), dict(stride=(1, 2, 2), padding="SAME", groups=8)),
     ((1, 3, 4, 7, 12), (2, 3, 3, 1, 24), dict(lhs_dilation=(1, 2, 3), padding=1, groups=12)),
-    ((1, 3, 3, 6, 128), (3, 3, 3, 1, 128), dict(stride=(2, 1, 3), padding="VALID", groups=128)),
+    ((1, 3, 3, 6, 512), (3, 3, 3, 1, 512), dict(stride=(2, 1, 3), padding="VALID", groups=512)),
 ]
 
 

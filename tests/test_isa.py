@@ -36,7 +36,8 @@ TARGETS = {(X86, "skylake-avx512"): (64, 32, True), (X86, "znver4"): (64, 32, Tr
 def families(target):
     """Every kind of micro-kernel body for `target`: (dtype, V, K, G, D) of broadcast inputs (K = 1,
     V = 1 .. the most), packed groups (K = 2, 4 with G channels each), input phases (D > 1) and
-    whole-vector inputs (K = LANES, up to `whole_vectors`, with the sliding window or held weights)."""
+    whole-vector inputs (K = LANES, up to `whole_vectors`, with the sliding window or held weights), and
+    the weight gradient's units of packed groups (16 vectors, a few at a time)."""
     for dtype in ("float32", "float64"):
         lanes = target.lanes(dtype)
         for v in range(1, target.max_vectors + 1):
@@ -51,6 +52,7 @@ def families(target):
         yield dtype, min(2, target.max_vectors), 1, 1, 3  # K = 1 stepping 3 elements (weight_grad's folded rows)
         yield dtype, 1, lanes, 1, 1
         yield dtype, target.whole_vectors, lanes, 1, 1
+        yield dtype, 16, max(2, lanes // 4), min(4, lanes // 2), 1  # the weight gradient's units of 16 vectors
 
 
 def machine_code(target, family):

@@ -158,7 +158,7 @@ class Emitter:
             # slide a window.
             with b.if_else(self.steps_apart(n_vec, x_at[1])) as (window, plain):
                 with window:
-                    self.chunks(self.slide, self.together(n_vec, 2 * n_pix + 1, own=True), *operands)
+                    self.chunks(self.slide, self.together(n_vec, 2 * n_pix + 1), *operands)
                 with plain:
                     self.chunks(self.accumulate, self.together(n_vec, n_pix + 1), *operands)
         else:
@@ -189,15 +189,15 @@ class Emitter:
             y_first = (b.add(y_base, skipped), y_step, b.sub(channels, skipped), mode)
             self.store(acc, size, n_pix, data, y_first, b.add(bias_base, b.mul(first, c(self.width))))
 
-    def together(self, n_vec, per_vector, own=False):
+    def together(self, n_vec, per_vector):
         """Vectors reduced in one pass: all of them where they share their inputs. Vectors of
         whole-vector inputs (K = LANES) are independent, and a unit may have more of them than the
         registers hold at P pixels (a depthwise unit spans up to `target.WHOLE_VECTOR_BYTES` of
         channels, so that its taps merge): as many as leave `per_vector` registers to each (P
         accumulators and a weight; a sliding window P more; or the weights of `held` steps) beside
-        one input (and, without FMA, the product), and divide n_vec. So are vectors of K groups
-        (`own`: where a sliding window holds their inputs)."""
-        if not (self.whole or own):
+        one input (and, without FMA, the product), and divide n_vec. So are vectors of K < LANES groups
+        (the weight gradient's units hold up to `weight_grad.MOST_VECTORS`; the forward's 2 fit)."""
+        if not self.own_inputs:
             return n_vec
         most = max(1, min(n_vec, self.free_registers // per_vector))
         return max(size for size in range(1, most + 1) if n_vec % size == 0)
