@@ -11,8 +11,9 @@ the dilated extents N = dilated(n, l), K = dilated(k, r), O = dilated(o, s):
   channels are (group, sample), dy as a kernel of o taps with N input and Cout output channels per
   group: stride r, lhs dilation l, rhs dilation s, pads (lo, O - N + K - lo - 1); its output has the
   kernel's spatial size. That convolution has 1-3 reduction steps per tap and a 3-pixel output row, so
-  where a group's output channels fill half a vector or more, dw runs instead on the weight-gradient
-  kernel (`nbconv.cpu.weight_grad`: the forward's micro-kernel with input channels as its pixels).
+  dw runs instead on the weight-gradient kernel (`nbconv.cpu.weight_grad`: the forward's micro-kernel
+  with input channels or W taps as its pixels, narrow groups packed several to a vector), wherever
+  it applies: all but groups of 1-3 output channels that do not pack.
 """
 from collections.abc import Sequence
 

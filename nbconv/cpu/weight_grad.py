@@ -25,7 +25,15 @@ family); one tap entry per row, all of W at once (video_c3: 9 pixels instead of 
 forms 0 * dy, an exact 0 where dy is finite; where dy has an Inf or NaN at a position with a W tap on
 the padding, transposed rows are taken instead, so that no NaN appears where JAX forms no product.
 
-A task is (n, a run of planes od, group, block, kd): every kh, kw and tile of input channels of those
+Groups narrower than half a vector are packed K to a vector as the forward packs them (`_lanes`): a
+"unit" of V * K groups, lane c * K + j of a vector holding channel c of its group j, x's K values of a
+pixel the same input channel of the K groups, side by side (the forward's families of K groups, D = 1).
+Along a stride-1 W their pixels are the W taps of one input channel ("tap tiles"): the folded rows of
+a unit, one row per input channel, one position (K values) apart, so that the micro-kernel slides a
+window along them; a tile has a body's pixel count, the taps past KW dropped. Where the folded rows
+are x's rows with zero margins, each thread pads the planes its tasks read as it goes (`_pad_planes`).
+
+A task is (n, a run of planes od, unit, block, kd): every kh, kw and tile of input channels of those
 planes, so that dy, the largest operand of a layer with few input channels (video_c3's 33 MB), is read
 from memory once, not once per tap (tasks of (group, block, kd, kh) over every plane read it 9 times
 and ran slower). Each thread sums into a dw of its own, added up at the end. While a run's dy rows (a
@@ -129,8 +137,9 @@ def weight_gradient(x, dy, geometry):
 def _foldable(geometry, dtype):
     """Whether dw takes folded rows, plain along W (no input dilation there): one group of fewer input
     channels than the largest tile (an RGB or single-channel layer: 1-3 tiles' pixels with transposed
-    rows) and no W dilation; or groups of one input channel packed K to a vector (depthwise, channel
-    multipliers: 1 pixel with transposed rows) along a stride-1 W."""
+    rows) and no W dilation; or groups packed K to a vector (depthwise, channel multipliers, small
+    groups) along a stride-1 W, their pixels the W taps (1 input channel a tile with transposed
+    rows)."""
     lanes_ = _lanes(geometry, dtype)
     if geometry.kernel[2] == 1 or geometry.lhs_dilation[2] > 1:
         return False
@@ -156,9 +165,9 @@ def _w_edges(geometry):
 
 
 def _padded_rows(x, lo, units, rows_u, positions):
-    """x (rows, W, Cin) -> (rows, units, rows_u, positions, Cin / (units * rows_u)): row i of unit u holds
-    at [j, s] channel (u * E + s) * rows_u + i of x[row, j - lo] (zeros outside x): every position a W
-    tap of the output reads. (With rows_u = 1 and one unit, x's rows padded.)"""
+    """x (rows, W, Cin) -> (rows, units, rows_u, positions, E = Cin / (units * rows_u)): row i of unit u
+    holds at [j, s] channel (u * E + s) * rows_u + i of x[row, j - lo] (zeros outside x): every position
+    a W tap of the output reads. (With rows_u = 1 and one unit, x's rows padded.)"""
     out = buffers.empty((x.shape[0], units, rows_u, positions, x.shape[2] // (units * rows_u)), x.dtype)
     _pad(x, lo, out)
     return out
@@ -254,8 +263,8 @@ def _lane_channels(geometry, dtype):
 @lru_cache(maxsize=64)
 def _launch_args(geometry, dtype, threads, folded):
     """The entry's address, the threads to run it on, `_work`'s meta (read-only), the W tap table and
-    the layout's sizes: (groups, groups per unit, a group's rows, phases, row length, classes,
-    positions per class)."""
+    the layout's sizes: (x's rows' (`_padded_rows`' or `_transposed`'s arguments after x), dy's
+    (classes, positions per class))."""
     dtype = np.dtype(dtype)
     lanes_ = _lanes(geometry, dtype)
     n, od, oh, ow, cout = geometry.out_shape
