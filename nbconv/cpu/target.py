@@ -61,11 +61,11 @@ _X86_16 = {1: (12, 8, 4, 2, 1), 2: (6, 4, 2, 1)}
 _X86_16_HELD = {1: (12, 8, 4, 2, 1), 2: (4, 2, 1)}
 BLOCKING = {
     ("x86_64", 32, True): Blocking(
-        pixels={1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 2, 1), 4: (6, 4, 2, 1)},
-        sliding=(4, 12), spare=0, chains=8),
+        pixels={1: (12, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 3: (8, 4, 3, 2, 1), 4: (6, 4, 3, 2, 1)},
+        sliding=(3, 12), spare=0, chains=8),
     ("x86_64", 16, True): Blocking(
         pixels={**_X86_16, 2: (6, 5, 4, 3, 2, 1), 3: (4, 3, 2, 1)},
-        sliding=(4, 6), spare=0, chains=8, whole=_X86_16, held=3, held_pixels=_X86_16_HELD),
+        sliding=(3, 6), spare=0, chains=8, whole={**_X86_16, 2: (6, 4, 3, 2, 1)}, held=3, held_pixels=_X86_16_HELD),
     ("x86_64", 16, False): Blocking(
         pixels=_X86_16,
         sliding=(5, 6), spare=0, chains=8, held=3, held_pixels=_X86_16_HELD),
