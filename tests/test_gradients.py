@@ -160,8 +160,8 @@ def test_weight_gradient_of_few_input_channels_folds_w_taps(x_shape, w_shape, op
 @given(data=st.data())
 def test_weight_gradient_of_narrow_groups_matches_the_reference(data):
     """dw of groups of 1-4 input and output channels (depthwise, channel multipliers, small groups: K of
-    them to a vector where the kernel packs them) over random strides, dilations and paddings, float32
-    and float64, against the reference within the bound of its sums."""
+    them to a vector where the kernel packs them) over random strides, dilations and paddings (empty
+    results among them), float32 and float64, against the reference within the bound of its sums."""
     dtype = data.draw(st.sampled_from(["float32", "float64"]))
     groups, cin_g, cout_g = (data.draw(st.sampled_from(choices))
                              for choices in ([2, 3, 4, 6, 8, 16, 24, 32], [1, 1, 2, 3, 4], [1, 1, 2, 3, 4]))
@@ -174,10 +174,7 @@ def test_weight_gradient_of_narrow_groups_matches_the_reference(data):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     x = rng.standard_normal((data.draw(st.integers(1, 2)), *spatial, groups * cin_g)).astype(dtype)
     w = rng.standard_normal((*kernel, cin_g, groups * cout_g)).astype(dtype)
-    try:
-        dy = _cotangent(x, w, options)
-    except ValueError:  # no output (a VALID-like padding larger than the input)
-        return
+    dy = _cotangent(x, w, options)
     dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
     want = conv3d_vjp_reference(x, w, dy, **options)[1]
     assert np.all(np.abs(dw - want) <= _bounds(x, w, dy, options, np.finfo(x.dtype).eps / 2)[1])

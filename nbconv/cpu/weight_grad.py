@@ -114,16 +114,17 @@ def weight_gradient(x, dy, geometry):
     """dw (KD, KH, KW, Cin / groups, Cout) of the convolution `geometry` of x (N, D, H, W, Cin) with the
     cotangent dy (N, OD, OH, OW, Cout); both channels-last, C-contiguous, of one float dtype."""
     folded = _foldable(geometry, x.dtype) and _finite_at_w_edges(dy, geometry)
-    entry, workers, meta, w_table, layout = _launch_args(geometry, x.dtype, get_num_threads(), folded)
+    entry, workers, meta, w_table, (x_layout, dy_layout, (bias, rings)) = _launch_args(
+        geometry, x.dtype, get_num_threads(), folded)
     n, d, h, w, cin = x.shape
-    rows, ring = x.reshape(n * d * h, w, cin), meta[32]
-    if not ring:  # (else the threads pad x's planes as they go: `_pad_planes`)
-        rows = _padded_rows(rows, geometry.pads[2][0], *layout[0]) if folded else _transposed(rows, *layout[0])
-    packed = _packed(dy, _lane_channels(geometry, x.dtype), *layout[1])
+    rows = x.reshape(n * d * h, w, cin)
+    if x_layout is not None:  # (None: the threads pad x's planes as they go, `_pad_planes`)
+        rows = _padded_rows(rows, geometry.pads[2][0], *x_layout) if folded else _transposed(rows, *x_layout)
+    packed = _packed(dy, _lane_channels(geometry, x.dtype), *dy_layout)
     sums = np.zeros((workers, *geometry.kernel, cin // geometry.groups, geometry.out_channels), x.dtype)
     # The micro-kernel's zero bias, then each thread's ring of padded planes
-    work = np.empty(meta[11] + workers * ring * h * meta[5], x.dtype)
-    work[:meta[11]] = 0
+    work = np.empty(bias + rings, x.dtype)
+    work[:bias] = 0
     idx_d, idx_h, _ = geometry.tap_tables()
     # The arrays as 5-D and 2-D views, like the forward's (`blocked.run`), so that `launch.run` is
     # compiled once for both (each other tuple type would compile it again, parfor passes and all).
@@ -138,8 +139,8 @@ def _foldable(geometry, dtype):
     """Whether dw takes folded rows, plain along W (no input dilation there): one group of fewer input
     channels than the largest tile (an RGB or single-channel layer: 1-3 tiles' pixels with transposed
     rows) and no W dilation; or groups packed K to a vector (depthwise, channel multipliers, small
-    groups) along a stride-1 W, their pixels the W taps (1 input channel a tile with transposed
-    rows)."""
+    groups) along a stride-1 W, a tile's pixels the W taps of one input channel (with transposed rows,
+    one pixel a tile)."""
     lanes_ = _lanes(geometry, dtype)
     if geometry.kernel[2] == 1 or geometry.lhs_dilation[2] > 1:
         return False
@@ -167,7 +168,8 @@ def _w_edges(geometry):
 def _padded_rows(x, lo, units, rows_u, positions):
     """x (rows, W, Cin) -> (rows, units, rows_u, positions, E = Cin / (units * rows_u)): row i of unit u
     holds at [j, s] channel (u * E + s) * rows_u + i of x[row, j - lo] (zeros outside x): every position
-    a W tap of the output reads. (With rows_u = 1 and one unit, x's rows padded.)"""
+    a W tap of the output reads. (Where that is x's rows with zero margins, rows_u = 1 in one unit, the
+    threads pad x's planes themselves instead: `_pad_planes`.)"""
     out = buffers.empty((x.shape[0], units, rows_u, positions, x.shape[2] // (units * rows_u)), x.dtype)
     _pad(x, lo, out)
     return out
@@ -263,8 +265,9 @@ def _lane_channels(geometry, dtype):
 @lru_cache(maxsize=64)
 def _launch_args(geometry, dtype, threads, folded):
     """The entry's address, the threads to run it on, `_work`'s meta (read-only), the W tap table and
-    the layout's sizes: (x's rows' (`_padded_rows`' or `_transposed`'s arguments after x), dy's
-    (classes, positions per class))."""
+    the layout's sizes: (x's rows' (`_padded_rows`' or `_transposed`'s arguments after x; None where
+    the threads pad x's planes themselves), dy's (classes, positions per class), the lengths of the
+    micro-kernel's zero bias and of the threads' rings of padded planes)."""
     dtype = np.dtype(dtype)
     lanes_ = _lanes(geometry, dtype)
     n, od, oh, ow, cout = geometry.out_shape
@@ -320,6 +323,7 @@ def _launch_args(geometry, dtype, threads, folded):
     if folded and units * layout[0][1] == 1:
         ring = (planes - 1) * geometry.stride[0] + (kd - 1) * geometry.rhs_dilation[0] + 1
     x_size = n * d * h * (w * cin if ring else x_row)
+    layout = (None if ring else layout[0], layout[1], (width, workers * ring * h * x_row))
     meta = np.array((n_tasks, workers, n, d, h, x_row, x_size, od, oh, w_table.shape[1], layout[1][1],
                      width, kd, kh, taps_w, units, lanes_.blocks, cout // units, cout, plane_runs, planes,
                      lines_address(family, dtype), lanes_.channels, unit_pitch, *tiles, ring,
