@@ -1,5 +1,6 @@
 """asv benchmarks: every public workload (nbconv/tools/workloads.json) on the CPU and its gradients (and those of
-grouped layers down to depthwise, nbconv/tools/groups.json), the layers,
+grouped layers down to depthwise, nbconv/tools/groups.json), the 1-D, 2-D and transposed workloads
+(nbconv/tools/family.json) forward and backward, the layers,
 first-call compile time, and CUDA (skipped where no GPU is present). Kernels are warmed in `setup`, so that
 `asv run --quick` (one call) never times compilation."""
 import os
@@ -17,6 +18,7 @@ from nbconv.tools.workloads import load_workloads
 WORKLOADS = load_workloads()
 NAMES = list(WORKLOADS)
 GROUPS = load_workloads("groups")
+FAMILY = load_workloads("family")
 
 
 class _Conv3d:
@@ -48,6 +50,21 @@ class Conv3dCPU(_Conv3d):
         self.run()
 
 
+class FamilyCPU(Conv3dCPU):
+    """conv1d, conv2d and the transposed convolutions of nbconv/tools/family.json (a transposed layer
+    is its convolution with the stride as input dilation)."""
+
+    params = [list(FAMILY)]
+
+    def setup(self, name):
+        self.workload = FAMILY[name]
+        self.x, self.w = self.workload.arrays()
+        self.run()
+
+    def run(self):
+        return self.workload.conv(self.x, self.w, backend="cpu")
+
+
 class Conv3dBackward:
     """The gradients (conv3d_vjp's dx and dw) on every workload, for a fixed random dy."""
 
@@ -59,11 +76,11 @@ class Conv3dBackward:
     def setup(self, name):
         self.workload = self.workloads[name]
         self.x, self.w = self.workload.arrays()
-        self.dy = np.random.default_rng(1).standard_normal(self.workload.geometry.out_shape).astype(self.x.dtype)
+        self.dy = np.random.default_rng(1).standard_normal(self.workload.out_shape).astype(self.x.dtype)
         self.run()
 
     def run(self):
-        return nbconv.conv3d_vjp(self.x, self.w, self.dy, wrt=("x", "w"), backend="cpu", **self.workload.options)
+        return self.workload.vjp(self.x, self.w, self.dy, wrt=("x", "w"), backend="cpu")
 
     def time_vjp(self, name):
         self.run()
@@ -91,6 +108,13 @@ class Conv3dBackwardGroups(Conv3dBackward):
         return times["dw"] / times["forward"]
 
     track_dw_over_forward.unit = "dw time / forward time"
+
+
+class FamilyBackward(Conv3dBackward):
+    """The gradients of the 1-D, 2-D and transposed workloads (nbconv/tools/family.json)."""
+
+    params = [list(FAMILY)]
+    workloads = FAMILY
 
 
 class AfterIdle:

@@ -7,12 +7,26 @@ from numba import get_num_threads, set_num_threads
 
 from nbconv import init
 from nbconv.dispatch import BackendUnavailableError
-from nbconv.functional import conv3d, weight_standardization
-from nbconv.gradients import conv3d_vjp, weight_standardization_vjp
-from nbconv.layers import Conv3d, ParamState, ScaledWSConv3d
+from nbconv.functional import conv1d, conv2d, conv3d, weight_standardization
+from nbconv.gradients import conv1d_vjp, conv2d_vjp, conv3d_vjp, weight_standardization_vjp
+from nbconv.layers import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+    ParamState,
+    ScaledWSConv1d,
+    ScaledWSConv2d,
+    ScaledWSConv3d,
+)
+from nbconv.transposed import conv_transpose, conv_transpose_vjp
 
-__all__ = ["conv3d", "weight_standardization", "conv3d_vjp", "weight_standardization_vjp",
-           "Conv3d", "ScaledWSConv3d", "ParamState", "init",
+__all__ = ["conv1d", "conv2d", "conv3d", "weight_standardization", "conv1d_vjp", "conv2d_vjp", "conv3d_vjp",
+           "weight_standardization_vjp", "conv_transpose", "conv_transpose_vjp",
+           "Conv1d", "Conv2d", "Conv3d", "ScaledWSConv1d", "ScaledWSConv2d", "ScaledWSConv3d",
+           "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "ParamState", "init",
            "BackendUnavailableError", "set_num_threads", "get_num_threads"]
 __version__ = "0.2.0"
 

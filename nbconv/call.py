@@ -129,11 +129,14 @@ def _layout(channel_first):
     return "(N, Cin, D, H, W)" if channel_first else "(N, D, H, W, Cin)"
 
 
-def check_out(out, call, x, w, bias):
+def check_out(out, call, x, w, bias, shape=None):
+    """TypeError or ValueError unless `out` can take the result of `call` (of `shape`, the caller's
+    form of the result's shape, default call.result_shape)."""
     if not isinstance(out, np.ndarray) and not is_device_array(out):
         raise TypeError(f"out must be an array, got {type(out).__name__}")
-    if tuple(out.shape) != call.result_shape or np.dtype(out.dtype) != call.result_dtype:
-        raise ValueError(f"out must have shape {call.result_shape} and dtype {call.result_dtype}, got "
+    shape = call.result_shape if shape is None else shape
+    if tuple(out.shape) != shape or np.dtype(out.dtype) != call.result_dtype:
+        raise ValueError(f"out must have shape {shape} and dtype {call.result_dtype}, got "
                          f"shape {tuple(out.shape)} and dtype {out.dtype}")
     if isinstance(out, np.ndarray):
         if not out.flags.c_contiguous or not out.flags.writeable:

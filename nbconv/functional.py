@@ -1,7 +1,8 @@
-"""The public functions `conv3d` and `weight_standardization`.
+"""The public functions `conv1d`, `conv2d`, `conv3d` and `weight_standardization`.
 
 Each validates its call (`nbconv.call`), chooses the backend (`nbconv.dispatch`) and runs its entry;
-a Dask x becomes a lazy graph (`nbconv.chunked`).
+a Dask x becomes a lazy graph (`nbconv.chunked`). conv1d and conv2d are conv3d on views with unit
+axes (`nbconv.lifting`).
 """
 from nbconv import chunked
 from nbconv.call import (
@@ -18,6 +19,7 @@ from nbconv.call import (
     validate,
 )
 from nbconv.dispatch import backend_module, choose_backend, cuda_module, device_views, on_host
+from nbconv.lifting import Lift
 
 
 def conv3d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", lhs_dilation: Ints = 1,
@@ -82,24 +84,87 @@ def conv3d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", l
     >>> nbconv.conv3d(x, w, padding="VALID").shape
     (1, 2, 2, 2, 8)
     """
+    return convolve(Lift(3, channel_first), x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups),
+                    backend, out)
+
+
+def conv2d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", lhs_dilation: Ints = 1,
+           rhs_dilation: Ints = 1, groups: int = 1, bias: Array | None = None, channel_first: bool = False,
+           backend: str = "auto", out: Array | None = None) -> Array:
+    """Convolve a batch of 2-D images, as ``jax.lax.conv_general_dilated`` does.
+
+    Everything is as in `conv3d`, with two spatial axes: ``x`` is ``(N, H, W, Cin)`` (or
+    ``(N, Cin, H, W)`` with ``channel_first=True``; 3-D for one unbatched image), ``w`` is
+    ``(KH, KW, Cin // groups, Cout)`` (HWIO), the options take 1 or 2 values, and the result is
+    ``(N, H', W', Cout)``. It runs on conv3d's kernels, on a view with a unit depth axis.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = np.ones((1, 8, 8, 3), np.float32)
+    >>> w = np.ones((3, 3, 3, 16), np.float32)
+    >>> nbconv.conv2d(x, w, stride=2).shape
+    (1, 4, 4, 16)
+    """
+    return convolve(Lift(2, channel_first), x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups),
+                    backend, out)
+
+
+def conv1d(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "SAME", lhs_dilation: Ints = 1,
+           rhs_dilation: Ints = 1, groups: int = 1, bias: Array | None = None, channel_first: bool = False,
+           backend: str = "auto", out: Array | None = None) -> Array:
+    """Convolve a batch of 1-D signals, as ``jax.lax.conv_general_dilated`` does.
+
+    Everything is as in `conv3d`, with one spatial axis: ``x`` is ``(N, W, Cin)`` (or
+    ``(N, Cin, W)`` with ``channel_first=True``; 2-D for one unbatched signal), ``w`` is
+    ``(KW, Cin // groups, Cout)`` (WIO), and the result is ``(N, W', Cout)``. Two ints as
+    ``padding`` are the axis's ``(lo, hi)`` pair, as brainstate's ``Conv1d`` reads them. It runs on
+    conv3d's kernels, on a view with unit depth and height axes.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = np.ones((2, 100, 4), np.float32)
+    >>> w = np.ones((5, 4, 8), np.float32)
+    >>> nbconv.conv1d(x, w, padding=(4, 0)).shape  # causal
+    (2, 100, 8)
+    """
+    return convolve(Lift(1, channel_first), x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups),
+                    backend, out)
+
+
+def convolve(lift, x, w, bias, options, backend, out):
+    """Convolve with `lift.count` spatial axes, on conv3d's path (`nbconv.lifting`).
+
+    `options` = (stride, padding, lhs_dilation, rhs_dilation, groups), as the caller wrote them.
+    """
     backend = choose_backend(backend, x, w, bias)
-    options = (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first)
+    w, bias = host_array(w, "w"), host_array(bias, "bias", optional=True)
     if is_dask_array(x):
-        return _conv3d_dask(x, w, bias, options, backend, out)
-    x, w, bias = device_views(host_array(x, "x"), host_array(w, "w"), host_array(bias, "bias", optional=True))
-    call = validate(x, w, bias, options)
+        return _lazy(lift, x, w, bias, options, backend, out)
+    x, w, bias = device_views(host_array(x, "x"), w, bias)
+    batched = lift.batched(x, w)
+    call = validate(lift.image(x, batched), lift.kernel(w), bias, _options(lift, options))
     if out is not None:
-        check_out(out, call, x, w, bias)
-    return backend_module(backend).convolve(call, x, w, bias, out)
+        check_out(out, call, x, w, bias, lift.lower_image(call.result_shape, batched))
+    y = backend_module(backend).convolve(call, lift.image(x, batched), lift.kernel(w), bias, lift.image(out, batched))
+    return out if out is not None else lift.lower_image(y, batched)
 
 
-def _conv3d_dask(x, w, bias, options, backend, out):
-    """Build the lazy Dask result (`nbconv.chunked`); w and bias become NumPy (a Dask one is computed once)."""
+def _options(lift, options):
+    """(stride, padding, lhs_dilation, rhs_dilation, groups) of the caller -> `validate`'s options."""
+    return (*lift.options(*options[:4]), options[4], lift.channel_first)
+
+
+def _lazy(lift, x, w, bias, options, backend, out):
+    """Build the lazy result for a Dask x (`nbconv.chunked`); a Dask w or bias is computed once."""
     if out is not None:
         raise TypeError("out= takes a NumPy or device array; with a Dask x the result is lazy: store it with "
                         "y.store(...) or y.to_zarr(...)")
-    w, bias = host_array(w, "w"), host_array(bias, "bias", optional=True)
-    return chunked.lazy_convolution(validate(x, w, bias, options), x, w, bias, backend)
+    batched = lift.batched(x, w)
+    x3, w3 = lift.image(x, batched), lift.kernel(w)
+    y = chunked.lazy_convolution(validate(x3, w3, bias, _options(lift, options)), x3, w3, bias, backend)
+    return lift.lower_image(y, batched)
 
 
 def weight_standardization(w: Array, eps: float = 1e-4, gain: Array | None = None, out_axis: int = -1,

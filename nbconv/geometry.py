@@ -13,14 +13,19 @@ import numpy as np
 SPATIAL = 3
 
 
-def spatial_triple(value, name):
-    """An int or a sequence of 1 or 3 positive ints -> a tuple of 3 ints."""
+def spatial_tuple(value, name, count=SPATIAL):
+    """An int or a sequence of 1 or `count` positive ints -> a tuple of `count` ints (one per spatial axis)."""
     items = _int_sequence(value, name)
-    if len(items) not in (1, SPATIAL):
-        raise ValueError(f"{name} must be an int or a sequence of 1 or 3 ints, got {value!r}")
+    if len(items) not in (1, count):
+        raise ValueError(f"{name} must be an int or a sequence of {_one_or(count)} ints, got {value!r}")
     if any(v < 1 for v in items):
         raise ValueError(f"{name} must be positive, got {value!r}")
-    return items * SPATIAL if len(items) == 1 else items
+    return items * count if len(items) == 1 else items
+
+
+def _one_or(count):
+    """How many values an option of `count` spatial axes takes, in words."""
+    return "1" if count == 1 else f"1 or {count}"
 
 
 def _is_int(value):
@@ -44,26 +49,29 @@ def _int_sequence(value, name):
     return tuple(int(v) for v in items)
 
 
-def normalize_padding(padding):
-    """'SAME' / 'VALID' (any case), int, 3 ints, one (lo, hi) pair or 3 pairs -> 'SAME', 'VALID' or
-    a tuple of 3 (lo, hi) pairs. Explicit pads may be negative (they crop)."""
+def normalize_padding(padding, count=SPATIAL):
+    """'SAME' / 'VALID' (any case), int, `count` ints, one (lo, hi) pair or `count` pairs -> 'SAME',
+    'VALID' or a tuple of `count` (lo, hi) pairs. Explicit pads may be negative (they crop). With one
+    spatial axis, two ints are its (lo, hi) pair, as brainstate's Conv1d reads them."""
     if isinstance(padding, str):
         mode = padding.upper()
         if mode not in ("SAME", "VALID"):
             raise ValueError(f"padding must be 'SAME', 'VALID', an int or (lo, hi) pairs, got {padding!r}")
         return mode
     if _is_int(padding):
-        return ((int(padding),) * 2,) * SPATIAL
+        return ((int(padding),) * 2,) * count
     items = _sequence(padding)
     if items is None:
         raise TypeError(f"padding must be 'SAME', 'VALID', an int or a sequence (tuple or list), got {padding!r}")
-    if len(items) in (1, SPATIAL) and all(_is_int(p) for p in items):
+    if count == 1 and len(items) == 2 and all(_is_int(p) for p in items):
+        return (_pad_pair(items, padding),)
+    if len(items) in (1, count) and all(_is_int(p) for p in items):
         pads = tuple((int(p), int(p)) for p in items)
-    elif len(items) in (1, SPATIAL):
+    elif len(items) in (1, count):
         pads = tuple(_pad_pair(p, padding) for p in items)
     else:
-        raise ValueError(f"padding must have 1 or 3 entries, got {padding!r}")
-    return pads * SPATIAL if len(pads) == 1 else pads
+        raise ValueError(f"padding must have {_one_or(count)} entries, got {padding!r}")
+    return pads * count if len(pads) == 1 else pads
 
 
 def _pad_pair(pair, padding):
@@ -219,12 +227,11 @@ def conv_geometry(x_shape, w_shape, *, stride, padding, lhs_dilation, rhs_dilati
         raise ValueError(f"groups={groups} must divide the input channels ({cin}) and the output "
                          f"channels ({cout})")
     if w_cin * groups != cin:
-        raise ValueError(f"w.shape[3] * groups must equal the input channels: {w_cin} * {groups} != {cin} "
-                         f"(x shape {tuple(x_shape)}, w shape {tuple(w_shape)}, "
-                         f"channel_first={channel_first})")
-    stride = spatial_triple(stride, "stride")
-    lhs = spatial_triple(lhs_dilation, "lhs_dilation")
-    rhs = spatial_triple(rhs_dilation, "rhs_dilation")
+        raise ValueError(f"w.shape[-2] * groups must equal x's input channels: {w_cin} * {groups} != {cin} "
+                         f"(channel_first={channel_first})")
+    stride = spatial_tuple(stride, "stride")
+    lhs = spatial_tuple(lhs_dilation, "lhs_dilation")
+    rhs = spatial_tuple(rhs_dilation, "rhs_dilation")
     pads = resolve_padding(normalize_padding(padding), in_spatial, kernel, stride, lhs, rhs)
     _check_extents(in_spatial, kernel, stride, pads, lhs, rhs)
     return ConvGeometry(batch, tuple(in_spatial), cin, tuple(kernel), cout, groups, stride, pads, lhs, rhs)

@@ -1,4 +1,6 @@
-"""Vector-Jacobian products of conv3d and of the weight standardization (docs/gradients.md).
+"""Vector-Jacobian products of the convolutions and of the weight standardization (docs/gradients.md).
+
+conv1d and conv2d lift to conv3d (`nbconv.lifting`); the transposed convolution is a convolution.
 
 Both gradients of a convolution are convolutions, so they run on the forward kernels (JAX's
 transpose rules for ``conv_general_dilated``, with nbconv's explicit pads). For each spatial axis
@@ -36,6 +38,7 @@ from nbconv.call import (
 from nbconv.cpu import weight_grad
 from nbconv.dispatch import choose_backend, cuda_module, device_views
 from nbconv.dtypes import check_real, conv_dtypes
+from nbconv.lifting import Lift
 
 WRT = ("x", "w", "bias")
 
@@ -81,15 +84,59 @@ def conv3d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padd
     TypeError
         A complex or non-numeric dtype, or a missing array.
     """
+    return vjp(Lift(3, channel_first), x, w, dy, bias, (stride, padding, lhs_dilation, rhs_dilation, groups),
+               wrt, backend)
+
+
+def conv2d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padding = "SAME",
+               lhs_dilation: Ints = 1, rhs_dilation: Ints = 1, groups: int = 1, bias: Array | None = None,
+               channel_first: bool = False, wrt: str | Sequence[str] = WRT,
+               backend: str = "auto") -> tuple[Array | None, Array | None, Array | None]:
+    """Compute the vector-Jacobian product of `conv2d` with the cotangent ``dy``.
+
+    Everything is as in `conv3d_vjp`, with `conv2d`'s shapes; it runs on the same kernels.
+    """
+    return vjp(Lift(2, channel_first), x, w, dy, bias, (stride, padding, lhs_dilation, rhs_dilation, groups),
+               wrt, backend)
+
+
+def conv1d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padding = "SAME",
+               lhs_dilation: Ints = 1, rhs_dilation: Ints = 1, groups: int = 1, bias: Array | None = None,
+               channel_first: bool = False, wrt: str | Sequence[str] = WRT,
+               backend: str = "auto") -> tuple[Array | None, Array | None, Array | None]:
+    """Compute the vector-Jacobian product of `conv1d` with the cotangent ``dy``.
+
+    Everything is as in `conv3d_vjp`, with `conv1d`'s shapes; it runs on the same kernels.
+    """
+    return vjp(Lift(1, channel_first), x, w, dy, bias, (stride, padding, lhs_dilation, rhs_dilation, groups),
+               wrt, backend)
+
+
+def vjp(lift, x, w, dy, bias, options, wrt, backend):
+    """Compute (dx, dw, dbias) of a convolution of `lift.count` spatial axes, on conv3d's path.
+
+    `options` = (stride, padding, lhs_dilation, rhs_dilation, groups), as the caller wrote them
+    (`nbconv.lifting`).
+    """
     wanted = _wrt(wrt)
     backend = choose_backend(backend, x, w, dy, bias)
     on_device = any(is_device_array(a) for a in (x, w, dy, bias))
     x, w, dy, bias = device_views(host_array(x, "x"), host_array(w, "w"), host_array(dy, "dy"),
                                   host_array(bias, "bias", optional=True))
-    call = validate(x, w, bias, (stride, padding, lhs_dilation, rhs_dilation, groups, channel_first))
+    batched = lift.batched(x, w)
+    call = validate(lift.image(x, batched), lift.kernel(w), bias,
+                    (*lift.options(*options[:4]), options[4], lift.channel_first))
     check_real("dy", np.dtype(dy.dtype))
-    if tuple(dy.shape) != call.result_shape:
-        raise ValueError(f"dy must have the result's shape {call.result_shape}, got {tuple(dy.shape)}")
+    shape = lift.lower_image(call.result_shape, batched)
+    if tuple(dy.shape) != shape:
+        raise ValueError(f"dy must have the result's shape {shape}, got {tuple(dy.shape)}")
+    dx, dw, dbias = _vjp3(call, lift.image(x, batched), lift.kernel(w), lift.image(dy, batched), bias, wanted,
+                          backend, on_device)
+    return lift.lower_image(dx, batched), lift.lower_kernel(dw), dbias
+
+
+def _vjp3(call, x, w, dy, bias, wanted, backend, on_device):
+    """conv3d_vjp of validated arrays."""
     compute = conv_dtypes(("x", x.dtype), ("w", w.dtype), ("dy", dy.dtype))[0]
     cotangents = {"x": (tuple(x.shape), _cotangent_dtype(x)), "w": (tuple(w.shape), _cotangent_dtype(w)),
                   "bias": ((call.geometry.out_channels,), call.result_dtype) if bias is None

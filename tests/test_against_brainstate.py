@@ -85,3 +85,90 @@ def test_initializers_match_brainstate_law():
     for a in (ours, theirs):
         assert abs(a.var() / theirs.var() - 1) < 0.02
         assert abs(np.abs(a).max() / np.abs(theirs).max() - 1) < 0.01
+
+
+# The other layers of brainstate's convolution module, with 1 and 2 spatial axes and transposed:
+# (class name, options). Shapes are small: the point is the arguments' forms and the layouts.
+FAMILY = [
+    ("Conv1d", dict(in_size=(20, 4), out_channels=6, kernel_size=3, stride=2, padding=(2, 1), groups=2)),
+    ("Conv1d", dict(in_size=(4, 17), out_channels=4, kernel_size=5, rhs_dilation=2, groups=4, channel_first=True)),
+    ("Conv2d", dict(in_size=(9, 10, 4), out_channels=6, kernel_size=(3, 2), rhs_dilation=2)),
+    ("Conv2d", dict(in_size=(4, 9, 10), out_channels=6, kernel_size=3, stride=(2, 1), padding=((0, 0), (1, 1)),
+                    lhs_dilation=(1, 2), groups=2, channel_first=True)),
+    ("ScaledWSConv1d", dict(in_size=(20, 4), out_channels=6, kernel_size=3, padding=1)),
+    ("ScaledWSConv2d", dict(in_size=(9, 10, 4), out_channels=6, kernel_size=3, stride=2, padding=((1, 0), (0, 2)))),
+    ("ConvTranspose1d", dict(in_size=(7, 4), out_channels=6, kernel_size=3, stride=2)),
+    ("ConvTranspose1d", dict(in_size=(4, 7), out_channels=6, kernel_size=4, stride=3, padding="VALID", groups=2,
+                             channel_first=True)),
+    ("ConvTranspose2d", dict(in_size=(5, 6, 4), out_channels=6, kernel_size=2, stride=2, padding="VALID")),
+    ("ConvTranspose2d", dict(in_size=(5, 6, 4), out_channels=2, kernel_size=3, stride=(2, 1), padding=1,
+                             rhs_dilation=(1, 2), groups=2)),
+    ("ConvTranspose3d", dict(in_size=(3, 4, 5, 4), out_channels=4, kernel_size=3, stride=2)),
+    ("ConvTranspose3d", dict(in_size=(4, 3, 4, 5), out_channels=6, kernel_size=(2, 3, 2), stride=(1, 2, 2),
+                             padding="VALID", channel_first=True)),
+]
+if SIMULATED:
+    FAMILY = FAMILY[::3]
+
+
+def _convolution_used(layer, name, options):
+    """The 3-D convolution (x's unit axes, the kernel, its options) that brainstate's layer computes,
+    written out here from its definition: forward layers convolve as they are; transposed ones with the
+    kernel flipped and its channel axes swapped, the stride as input dilation, and brainstate's pads."""
+    count = len(layer.kernel_size)
+    cf = layer.channel_first
+    w = layer.kernel()
+    padding = options.get("padding", "SAME")
+    if name.startswith("ConvTranspose"):
+        from brainstate.nn._conv import _conv_transpose_padding
+        w = np.ascontiguousarray(w[(slice(None, None, -1),) * count].swapaxes(-1, -2))
+        if isinstance(padding, str):
+            padding = [_conv_transpose_padding((k - 1) * r + 1, s, padding)
+                       for k, s, r in zip(layer.kernel_size, layer.stride, layer.rhs_dilation)]
+        else:
+            padding = layer.padding
+        options = dict(stride=1, padding=padding, lhs_dilation=layer.stride, rhs_dilation=layer.rhs_dilation)
+    else:
+        options = dict(stride=layer.stride, padding=layer.padding if not isinstance(layer.padding, str) else padding,
+                       lhs_dilation=layer.lhs_dilation, rhs_dilation=layer.rhs_dilation)
+    units = 3 - count
+    lifted = {k: (v if isinstance(v, (int, str)) else (1,) * units + tuple(v)) for k, v in options.items()
+              if k != "padding"}
+    pad = options["padding"]
+    lifted["padding"] = pad if isinstance(pad, str) else [(0, 0)] * units + [tuple(p) for p in pad]
+    return w.reshape((1,) * units + w.shape), dict(**lifted, groups=layer.groups, channel_first=cf), 1 + int(cf)
+
+
+@pytest.mark.parametrize("name, options", FAMILY, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FAMILY)])
+def test_family_matches_brainstate(name, options):
+    """Each layer against brainstate's, built with the same weights, bias (and gain) and mask, within
+    twice the float32 rounding bound of the convolution the layer is (plus the standardization's)."""
+    rng = np.random.default_rng(len(name))
+    probe = getattr(nbconv, name)(**options)
+    w = rng.standard_normal(probe.kernel_shape).astype(np.float32)
+    count = len(probe.kernel_size)
+    ones = (1,) * count
+    bias = rng.standard_normal((1, probe.out_channels, *ones) if probe.channel_first
+                               else (*ones, probe.out_channels)).astype(np.float32)
+    mask = (rng.random(probe.kernel_shape) > 0.25).astype(np.float32)
+    extra = {} if name.startswith("ConvTranspose") else dict(w_mask=mask)
+    ours = getattr(nbconv, name)(**options, w_init=w, b_init=bias, backend=BACKEND, **extra)
+    theirs = getattr(brainstate.nn, name)(**options, w_init=jax_numpy.asarray(w), b_init=bias, **extra)
+    for attribute in ("in_size", "out_size", "kernel_size", "stride", "padding", "rhs_dilation", "groups",
+                      "kernel_shape", "in_channels", "out_channels", "lhs_dilation", "padding_mode"):
+        assert hasattr(ours, attribute) == hasattr(theirs, attribute), attribute
+        if hasattr(theirs, attribute):
+            assert getattr(ours, attribute) == tuple(getattr(theirs, attribute)) if attribute.endswith("size") \
+                else getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert {k: v.shape for k, v in ours.weight.value.items()} == \
+        {k: tuple(v.shape) for k, v in theirs.weight.value.items()}
+    x = rng.standard_normal((2, *probe.in_size)).astype(np.float32)
+    got, want = ours(x), np.asarray(theirs(x))
+    assert got.shape == want.shape == (2, *ours.out_size)
+    w3, lifted, at = _convolution_used(ours, name, options)
+    x3 = x.reshape(x.shape[:at] + (1,) * (3 - count) + x.shape[at:])
+    scale = conv3d_reference(np.abs(x3), np.abs(w3), **lifted).reshape(got.shape)
+    fan_in = np.prod(w.shape[:-1]) if name.startswith("ScaledWS") else 0
+    bound = (2 * (np.prod(w3.shape[:4]) + 1) + fan_in) * 2**-24 * scale + 2**-24 * 8
+    assert np.all(np.abs(got - want) <= bound)
+    np.testing.assert_allclose(ours(x[0]), np.asarray(theirs(x[0])), rtol=1e-4, atol=1e-4)

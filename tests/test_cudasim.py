@@ -14,7 +14,7 @@ FILTER = os.environ.get("NBCONV_CUDA_TESTS_FILTER", "")
 SUITES = ["tests/test_conv3d.py", "tests/test_errors.py", "tests/test_standardization.py",
           "tests/test_layers.py", "tests/test_against_jax.py", "tests/test_against_brainstate.py",
           "tests/test_dispatch.py", "tests/test_nonfinite.py", "tests/sim_device_arrays.py",
-          "tests/sim_gradients.py"]
+          "tests/sim_gradients.py", "tests/test_family.py"]
 
 
 def test_cuda_backend_suites():

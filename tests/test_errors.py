@@ -15,7 +15,7 @@ W = np.ones((3, 3, 3, 4, 8), np.float32)
 BAD = [
     (dict(x=np.ones((4, 4, 4)),), ValueError, "x must be 5-D"),
     (dict(w=np.ones((3, 3, 4, 8)),), ValueError, "w must be 5-D"),
-    (dict(w=np.ones((3, 3, 3, 3, 8)),), ValueError, r"w.shape\[3\] \* groups"),
+    (dict(w=np.ones((3, 3, 3, 3, 8)),), ValueError, r"w.shape\[-2\] \* groups"),
     (dict(w=np.ones((0, 3, 3, 4, 8)),), ValueError, "spatial sizes"),
     (dict(groups=3), ValueError, "groups=3 must divide"),
     (dict(groups=0), ValueError, "groups must be a positive int"),

@@ -354,3 +354,33 @@ def test_layer_vjp_matches_brainstate(options, kind):
         want = np.asarray(want)
         assert got.shape == want.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("index", range(0, 12, 2))
+def test_family_layer_vjp_matches_brainstate(index):
+    """layer.vjp of the 1-D, 2-D and transposed layers against brainstate's through jax, as above
+    (sums of at most 150 products here)."""
+    brainstate = pytest.importorskip("brainstate")
+    jax, jnp = _jax()
+    from tests.test_against_brainstate import FAMILY
+
+    name, options = FAMILY[index % len(FAMILY)]
+    rng = np.random.default_rng(index)
+    ours = getattr(nbconv, name)(**options, b_init=nbconv.init.Normal(seed=index))
+    params = {k: np.asarray(v) for k, v in ours.weight.value.items()}
+    theirs = getattr(brainstate.nn, name)(**options, w_init=jnp.asarray(params["weight"]), b_init=params["bias"])
+    x = rng.standard_normal((2, *ours.in_size)).astype(np.float32)
+    dy = rng.standard_normal((2, *ours.out_size)).astype(np.float32)
+    jax.config.update("jax_enable_x64", False)
+    theirs.weight.value = {k: jnp.asarray(v) for k, v in theirs.weight.value.items()}
+
+    def loss(x):
+        return jnp.sum(theirs(x) * dy)
+
+    want_grads, want_dx = brainstate.transform.grad(loss, grad_states=theirs.weight, argnums=0)(jnp.asarray(x))
+    dx, grads = ours.vjp(x, dy)
+    assert set(grads) == set(params)
+    for got, want in [(dx, want_dx), *((grads[k], want_grads[k]) for k in grads)]:
+        want = np.asarray(want)
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())

@@ -14,7 +14,8 @@ channels, packed weights and output channels; where x is copied anyway, or sever
 taps, each unit's inputs are copied into a volume of their own, so that a row's taps merge with
 several units as with one (`_Blocking.volumes`).
 
-A task is a band of BAND output rows (n, od, oh...); the threads claim runs of tasks as they go
+A task is a band of BAND output rows (n, od, oh...), or a segment of one along W where bands are
+few (`_segments`: a 1-D signal, a 2-D image); the threads claim runs of tasks as they go
 (`nbconv.cpu.tasks`), a plane's bands in turn or, where the input planes that consecutive planes share
 leave L2 before they are read again, a band's planes in turn (`_planes_first`). Along W the pixels of a
 row fall into `q` residue classes (q = lhs / gcd(stride, lhs), 1 without input dilation): inside a
@@ -46,6 +47,12 @@ from nbconv.cpu.tasks import claim
 # Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
 # micro-kernel calls down the band then reads from L1 instead of L2.
 BAND = 8
+# Where bands are few (a 1-D signal has one per sample, a 2-D image of one sample H / BAND), each is cut
+# along W into segments, so that there are TASKS_PER_THREAD tasks a thread or more to balance, each of
+# MIN_SEGMENT output pixels or more (a segment recomputes its runs' tap lists: negligible beside that
+# many pixels' products).
+TASKS_PER_THREAD = 4
+MIN_SEGMENT = 64
 # Taps of fewer reduction steps than this (a group's input channels) cost more in their overheads than a
 # copy of x into a volume per unit costs, which makes them merge along a row (`_blocking`'s volumes).
 SHORT_TAP = 16
@@ -228,18 +235,26 @@ def _launch_args(geometry, dtype, threads, mode):
     # How far x advances per reduction element (the micro-kernel's S).
     element = 1 if len(spread) == 1 else len(spread) if len(phased) > 1 else len(vectors) * len(spread)
     bands = -(-n_oh // BAND)
-    n_tasks = n_batch * n_od * bands
+    segments = _segments(n_batch * n_od * bands, n_ow, threads)
+    n_tasks = n_batch * n_od * bands * segments
     width = lanes(dtype)
     packed = _packed_shape(prod(geometry.kernel), geometry.in_channels // geometry.groups, blocking, width)
     bias_size = prod(_packed_shape(1, blocking.phases, blocking, width))
     tables = (size for axis in zip(geometry.out_spatial, geometry.kernel) for size in axis)
     workers = min(threads, n_tasks)
     meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
-                     bias_size, lines_address(blocking.shape, dtype), _planes_first(geometry, dtype),
+                     bias_size, lines_address(blocking.shape, dtype), _planes_first(geometry, dtype), segments,
                      *_x_layout(geometry, blocking), *geometry.in_spatial, geometry.in_channels, *packed, *tables),
                     np.int64)
     meta.flags.writeable = False
     return launch.address(_entry(np.dtype(dtype))), workers, meta
+
+
+def _segments(bands, n_ow, threads):
+    """How many segments along W each band is cut into (see TASKS_PER_THREAD)."""
+    if bands >= TASKS_PER_THREAD * threads:
+        return 1
+    return max(1, min(-(-TASKS_PER_THREAD * threads // bands), n_ow // MIN_SEGMENT))
 
 
 def _x_layout(geometry, blocking):
@@ -280,9 +295,10 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     made inside the loop would cost atomic reference counts, which the threads contend for."""
     meta = carray(meta_ptr, (_META,))
     n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, q_h, mode, n_bias, family = meta[:14]
-    planes_first, x_pixel, x_unit = meta[14:17]
-    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[17:]
-    n_batch = n_tasks // (n_od * bands)
+    planes_first, segments, x_pixel, x_unit = meta[14:18]
+    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[18:]
+    n_batch = n_tasks // (n_od * bands * segments)
+    segment = -(-n_ow // segments)
     strides = (d * h * w * cin, h * w * x_pixel, w * x_pixel, x_pixel)
     counter = carray(counter_ptr, (3,))
     start, end = counter[1], counter[2]
@@ -296,16 +312,17 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     first, last = claim(counter, start, end, workers)
     while first < end:
         for task in range(first, last):
-            n, od, oh = _task_rows(task, n_od, bands, planes_first)
-            _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), (q, q_h), (x_step * strides[3], q * cout),
-                  n_ow * cout, arrays, packed_shape, (x_unit, cout), family, mode)
+            n, od, oh = _task_rows(task // segments, n_od, bands, planes_first)
+            ow = task % segments * segment
+            _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), (ow, min(ow + segment, n_ow)), (q, q_h),
+                  (x_step * strides[3], q * cout), n_ow * cout, arrays, packed_shape, (x_unit, cout), family, mode)
         first, last = claim(counter, last, end, workers)
     if mode == STREAMED:  # this thread's non-temporal stores, visible before the call returns
         store_fence()
 
 
-# meta's length: 15 values, x's layout (2), x's sizes after N, packed's 5, the 3 tables' 2 each
-_META = 15 + 2 + 4 + 5 + 6
+# meta's length: 16 values, x's layout (2), x's sizes after N, packed's 5, the 3 tables' 2 each
+_META = 16 + 2 + 4 + 5 + 6
 
 
 @njit(inline="always")
@@ -318,19 +335,18 @@ def _task_rows(task, n_od, bands, planes_first):
 
 
 @njit(inline="always")
-def _band(tap_args, band, rows, classes, w_steps, y_row, arrays, packed_shape, in_out, family, mode):
-    """Output rows oh... oh + rows - 1 of (n, od), band = (n, od, oh): each of the q residue classes
-    along W cut into runs of pixels with the same taps, each run into stretches of rows of one of
-    the q_h classes along H with the same taps (classes = (q, q_h): input dilation alternates the taps
-    from row to row, as along W); one tap list per stretch and run, shared by every unit and channel
-    block (its offsets are relative to them). A W class's consecutive pixels are w_steps = (x, y) apart,
-    rows y_row in y."""
+def _band(tap_args, band, rows, columns, classes, w_steps, y_row, arrays, packed_shape, in_out, family, mode):
+    """Output pixels columns = (ow, end) of rows oh... oh + rows - 1 of (n, od), band = (n, od, oh):
+    each of the q residue classes along W cut into runs of pixels with the same taps, each run into
+    stretches of rows of one of the q_h classes along H with the same taps (classes = (q, q_h): input
+    dilation alternates the taps from row to row, as along W); one tap list per stretch and run, shared
+    by every unit and channel block (its offsets are relative to them). A W class's consecutive pixels
+    are w_steps = (x, y) apart, rows y_row in y."""
     taps, idx_w = tap_args[0], tap_args[3]
-    n_ow = idx_w.shape[0]
     q, q_h = classes
     for r in range(q):
-        count = (n_ow - r + q - 1) // q
-        j = 0
+        # the class's pixels r + q * j inside the columns
+        j, count = max(0, (columns[0] - r + q - 1) // q), max(0, (columns[1] - r + q - 1) // q)
         while j < count:
             end = j + 1
             while end < count and _same_taps(idx_w, r + q * j, r + q * end):

@@ -27,40 +27,40 @@ import nbconv
 from nbconv.cpu.microkernel import TARGET
 from nbconv.tools.peak import fma_peak_gflops
 from nbconv.tools.timing import interleaved_medians
-from nbconv.tools.torch_peer import torch_backward_runner, torch_runner, transposed_weights
+from nbconv.tools.torch_peer import to_first, to_last, torch_backward_runner, torch_runner, transposed_weights
 from nbconv.tools.workloads import SETS, load_workloads
 
 
 def nbconv_runner(wl, x, w):
-    return lambda: nbconv.conv3d(x, w, backend="cpu", **wl.options)
+    return lambda: wl.conv(x, w, backend="cpu")
 
 
 def onnx_model(wl, w):
-    """An ONNX graph of the workload's convolution in its native NCDHW layout, w as an initializer:
+    """An ONNX graph of the workload's convolution in its native NC... layout, w as an initializer:
     Conv, or for input dilation ConvTranspose (stride = lhs_dilation, flipped kernel, as for torch).
     None where ONNX has no such operator (negative or, transposed, too large pads) or no float64 Conv."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    g = wl.geometry
-    if wl.dtype != "float32" or min(p for pair in g.pads for p in pair) < 0:
+    n, g, axes = wl.spatial, wl.geometry, wl.axes
+    if wl.dtype != "float32" or min(p for pair in axes.pads for p in pair) < 0:
         return None
-    k_eff = [(k - 1) * r + 1 for k, r in zip(g.kernel, g.rhs_dilation)]
-    if max(g.lhs_dilation) > 1:
-        if max(g.stride) > 1 or any(max(pair) > k - 1 for pair, k in zip(g.pads, k_eff)):
+    k_eff = [(k - 1) * r + 1 for k, r in zip(axes.kernel, axes.rhs_dilation)]
+    if max(axes.lhs_dilation) > 1:
+        if max(axes.stride) > 1 or any(max(pair) > k - 1 for pair, k in zip(axes.pads, k_eff)):
             return None
-        weights = transposed_weights(g, w)
-        pads = [k - 1 - lo for k, (lo, _) in zip(k_eff, g.pads)] + [k - 1 - hi for k, (_, hi) in zip(k_eff, g.pads)]
-        node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=list(g.lhs_dilation), pads=pads,
-                                dilations=list(g.rhs_dilation), group=g.groups)
+        weights = transposed_weights(wl, w)
+        pads = [k - 1 - pair[end] for end in (0, 1) for k, pair in zip(k_eff, axes.pads)]
+        node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=list(axes.lhs_dilation), pads=pads,
+                                dilations=list(axes.rhs_dilation), group=g.groups)
     else:
-        weights = w.transpose(4, 3, 0, 1, 2)
-        pads = [lo for lo, _ in g.pads] + [hi for _, hi in g.pads]
-        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(g.stride), pads=pads,
-                                dilations=list(g.rhs_dilation), group=g.groups)
-    n, *spatial, cin = wl.x_shape
+        weights = w.transpose(n + 1, n, *range(n))
+        pads = [lo for lo, _ in axes.pads] + [hi for _, hi in axes.pads]
+        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(axes.stride), pads=pads,
+                                dilations=list(axes.rhs_dilation), group=g.groups)
+    batch, *spatial, cin = wl.x_shape
     graph = helper.make_graph(
-        [node], wl.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, cin, *spatial])],
+        [node], wl.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, cin, *spatial])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.ascontiguousarray(weights), "w")])
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -78,8 +78,8 @@ def onnxruntime_runner(wl, x, w, threads):
     # Its threads would otherwise spin after each run, on the cores the next runner timed needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    xn = np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))
-    return lambda: session.run(None, {"x": xn})[0].transpose(0, 2, 3, 4, 1)
+    xn = np.ascontiguousarray(x.transpose(to_first(wl.spatial)))
+    return lambda: session.run(None, {"x": xn})[0].transpose(to_last(wl.spatial))
 
 
 def openvino_runner(wl, x, w, threads):
@@ -94,11 +94,11 @@ def openvino_runner(wl, x, w, threads):
     compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", {
         "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
-    xn = np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3))
+    xn = np.ascontiguousarray(x.transpose(to_first(wl.spatial)))
 
     def run():
         request.infer([xn], share_inputs=True)
-        return request.get_output_tensor(0).data.transpose(0, 2, 3, 4, 1)
+        return request.get_output_tensor(0).data.transpose(to_last(wl.spatial))
     return run
 
 
@@ -106,10 +106,10 @@ def jax_runner(wl, x, w):
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    g = wl.geometry
+    axes, spatial = wl.axes, "DHW"[3 - wl.spatial:]
     conv = jax.jit(lambda a, b: jax.lax.conv_general_dilated(
-        a, b, g.stride, g.pads, lhs_dilation=g.lhs_dilation, rhs_dilation=g.rhs_dilation,
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=g.groups))
+        a, b, axes.stride, axes.pads, lhs_dilation=axes.lhs_dilation, rhs_dilation=axes.rhs_dilation,
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"), feature_group_count=wl.groups))
     xj, wj = jax.device_put(x), jax.device_put(w)
     return lambda: conv(xj, wj).block_until_ready()
 
@@ -149,10 +149,10 @@ def measure_backward(wl, threads, repeats, with_torch):
     and PyTorch autograd's, for a random dy; and, timed in the same rounds, nbconv's dx alone and dw
     alone over its forward (`dx/fwd`, `dw/fwd`)."""
     x, w = wl.arrays()
-    dy = np.random.default_rng(1).standard_normal(wl.geometry.out_shape).astype(x.dtype)
+    dy = np.random.default_rng(1).standard_normal(wl.out_shape).astype(x.dtype)
 
     def vjp(*wrt):
-        return lambda: nbconv.conv3d_vjp(x, w, dy, wrt=wrt, backend="cpu", **wl.options)[0 if wrt[0] == "x" else 1]
+        return lambda: wl.vjp(x, w, dy, wrt=wrt, backend="cpu")[0 if wrt[0] == "x" else 1]
     runners = {"nbconv": vjp("x", "w"), "forward": nbconv_runner(wl, x, w), "dx": vjp("x"), "dw": vjp("w")}
     if with_torch:
         runners["torch"] = torch_backward_runner(wl, x, w, dy, threads)

@@ -1,11 +1,18 @@
-"""The public benchmark workloads (workloads.json): arrays and conv3d options for each."""
+"""The benchmark workloads (workloads.json and the other sets): arrays and options for each.
+
+A workload has 1, 2 or 3 spatial axes (len(in) - 1); its geometry is that of the 3-D call nbconv makes
+of it (`nbconv.lifting`), and `axes` gives the caller's axes of it back, for the peers.
+"""
 import json
 from dataclasses import dataclass
 from importlib import resources
+from typing import NamedTuple
 
 import numpy as np
 
+import nbconv
 from nbconv.geometry import conv_geometry
+from nbconv.lifting import Lift
 
 SEED_CASES = ("video_c3", "medical_s2", "grouped_g8")
 
@@ -14,7 +21,7 @@ SEED_CASES = ("video_c3", "medical_s2", "grouped_g8")
 class Workload:
     name: str
     batch: int
-    shape: tuple  # (D, H, W, Cin)
+    shape: tuple  # (D, H, W, Cin), (H, W, Cin) or (W, Cin)
     out_channels: int
     kernel: int
     stride: int
@@ -30,18 +37,48 @@ class Workload:
                     rhs_dilation=self.rhs_dilation, groups=self.groups)
 
     @property
+    def spatial(self):
+        """The number of spatial axes."""
+        return len(self.shape) - 1
+
+    @property
     def x_shape(self):
-        """Channels-last (N, D, H, W, Cin)."""
+        """Channels-last (N, *spatial, Cin)."""
         return (self.batch, *self.shape)
 
     @property
     def w_shape(self):
-        """(K, K, K, Cin // groups, Cout)."""
-        return (self.kernel,) * 3 + (self.shape[-1] // self.groups, self.out_channels)
+        """(K, ..., K, Cin // groups, Cout)."""
+        return (self.kernel,) * self.spatial + (self.shape[-1] // self.groups, self.out_channels)
 
     @property
     def geometry(self):
-        return conv_geometry(self.x_shape, self.w_shape, channel_first=False, **self.options)
+        """The geometry of the 3-D call nbconv makes (unit axes in front of fewer spatial axes)."""
+        lift = Lift(self.spatial, False)
+        stride, padding, lhs, rhs = lift.options(self.stride, self.padding, self.lhs_dilation, self.rhs_dilation)
+        return conv_geometry(lift.image(self.x_shape, True), (1,) * lift.units + self.w_shape, stride=stride,
+                             padding=padding, lhs_dilation=lhs, rhs_dilation=rhs, groups=self.groups,
+                             channel_first=False)
+
+    @property
+    def axes(self):
+        """(kernel, stride, pads, lhs_dilation, rhs_dilation, out_spatial) of the workload's own spatial axes."""
+        g = self.geometry
+        return Axes(*(values[3 - self.spatial:] for values in (g.kernel, g.stride, g.pads, g.lhs_dilation,
+                                                               g.rhs_dilation, g.out_spatial)))
+
+    @property
+    def out_shape(self):
+        """Channels-last (N, *out_spatial, Cout)."""
+        return (self.batch, *self.axes.out_spatial, self.out_channels)
+
+    def conv(self, x, w, **options):
+        """nbconv's convolution of this workload's number of axes."""
+        return CONV[self.spatial](x, w, **self.options, **options)
+
+    def vjp(self, x, w, dy, **options):
+        """nbconv's vector-Jacobian product of `conv`."""
+        return VJP[self.spatial](x, w, dy, **self.options, **options)
 
     @property
     def flops(self):
@@ -54,9 +91,23 @@ class Workload:
         return x, rng.standard_normal(self.w_shape).astype(self.dtype)
 
 
+class Axes(NamedTuple):
+    kernel: tuple
+    stride: tuple
+    pads: tuple
+    lhs_dilation: tuple
+    rhs_dilation: tuple
+    out_spatial: tuple
+
+
+CONV = {1: nbconv.conv1d, 2: nbconv.conv2d, 3: nbconv.conv3d}
+VJP = {1: nbconv.conv1d_vjp, 2: nbconv.conv2d_vjp, 3: nbconv.conv3d_vjp}
+
 # Workload sets: the public one, shapes of the same kinds that nothing is tuned for, the public kinds
-# at tiny sizes (for the CUDA simulator), and grouped layers from 16 channels a group to depthwise.
-SETS = {"public": "workloads.json", "heldout": "heldout.json", "smoke": "smoke.json", "groups": "groups.json"}
+# at tiny sizes (for the CUDA simulator), grouped layers from 16 channels a group to depthwise, and
+# the 1-D, 2-D and transposed layers (public and held out).
+SETS = {"public": "workloads.json", "heldout": "heldout.json", "smoke": "smoke.json", "groups": "groups.json",
+        "family": "family.json", "family_heldout": "family_heldout.json"}
 
 
 def load_workloads(which="public"):
