@@ -410,7 +410,7 @@ def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_
     assert meta[13] == microkernel.lines_address(blocking.shape, dtype)
     assert meta[14] == blocked._planes_first(geometry, np.dtype(dtype))
     n_od, n_oh, _ = geometry.out_spatial
-    assert meta[0] == n_od * -(-n_oh // blocked.BAND) * meta[15]  # tasks: each plane's bands, in segments
+    assert meta[0] == n_od * -(-n_oh // meta[15]) * meta[16]  # tasks: each plane's bands, in segments
     # x's layout: how far apart (in elements) pixels and units start in the x the call passes
     x = np.zeros((1, 4, 5, 6, groups * cin_g), dtype)
     if blocking.volumes:
@@ -418,5 +418,5 @@ def test_launch_sizes_are_those_of_the_packed_arrays(dtype, groups, cin_g, cout_
         layout = [inputs.strides[-2] // x.itemsize, inputs.strides[0] // x.itemsize]
     else:
         layout = [x.strides[-2] // x.itemsize, x.shape[-1] // blocking.units]
-    assert list(meta[16:18]) == layout
-    assert list(meta[18:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]
+    assert list(meta[17:19]) == layout
+    assert list(meta[19:]) == [4, 5, 6, groups * cin_g, *blocked.pack_weights(w, blocking).shape, *tables]

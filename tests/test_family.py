@@ -6,6 +6,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import nbconv
+from nbconv.geometry import conv_geometry
 from tests.support import BACKEND, SIMULATED, assert_conv_close
 
 EXAMPLES = 10 if SIMULATED else 100
@@ -192,7 +193,9 @@ def test_out_and_unbatched_and_channel_first(count):
     out = np.empty_like(want)
     assert CONV[count](x, w, channel_first=True, out=out, backend=BACKEND) is out
     np.testing.assert_array_equal(out, want)
-    np.testing.assert_array_equal(CONV[count](x[1], w, channel_first=True, backend=BACKEND), want[1])
+    # one sample may be cut into other bands than two (`blocked._split`): the same sums, rounded apart
+    np.testing.assert_allclose(CONV[count](x[1], w, channel_first=True, backend=BACKEND), want[1], rtol=1e-5,
+                               atol=1e-5)
     with pytest.raises(ValueError, match=rf"out must have shape \(2, 4{', 7' * count}\)"):
         CONV[count](x, w, channel_first=True, out=out[:1], backend=BACKEND)
 
@@ -253,8 +256,21 @@ def test_a_long_signal_is_cut_into_segments(options):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 1500, 8)).astype(np.float32)
     w = rng.standard_normal((3, 8 // options.get("groups", 1), 16)).astype(np.float32)
-    assert blocked._segments(1, 1500, 2) == 8
+    geometry = conv_geometry((1, 1, 1, 1500, 8), (1, 1, 3, 8, 16), stride=1, padding="SAME", lhs_dilation=1,
+                             rhs_dilation=1, groups=1, channel_first=False)
+    assert blocked._split(geometry, np.dtype(np.float32), 2) == (1, 8)  # one row: 8 segments of 187 pixels
     got = nbconv.conv1d(x, w, backend="cpu", **options)
     x3, w3, lifted, _ = as_3d(1, x, w, {"channel_first": False, "stride": 1, "lhs_dilation": 1,
                                         "rhs_dilation": 1, "padding": "SAME", **options})
     assert_conv_close(got[:, None, None], x3, w3, **lifted)
+
+
+@pytest.mark.parametrize("batch, rows, band", [(1, 56, 7), (1, 48, 8), (2, 56, 8), (1, 5, 3), (16, 56, 8)])
+def test_bands_balance_the_threads(batch, rows, band):
+    """Bands of an image's rows (narrow rows: no cap for L2): 56 rows of one image are 8 bands of 7 on
+    2 threads (4 each), not 7 bands of 8; 48 rows 6 of 8 (3 each); 5 rows 3 + 2, one band a thread;
+    enough planes keep bands of 8."""
+    from nbconv.cpu import blocked
+    geometry = conv_geometry((batch, 1, rows, 30, 4), (1, 3, 3, 4, 8), stride=1, padding="SAME", lhs_dilation=1,
+                             rhs_dilation=1, groups=1, channel_first=False)
+    assert blocked._split(geometry, np.dtype(np.float32), 2) == (band, 1)

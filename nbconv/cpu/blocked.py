@@ -43,14 +43,19 @@ from nbconv.cpu.microkernel import TARGET, fma_lines_at, lanes, lines_address, s
 from nbconv.cpu.regroup import group_inputs
 from nbconv.cpu.target import CACHE_LINE, l2_bytes
 from nbconv.cpu.tasks import claim
+from nbconv.geometry import dilated
 
-# Output rows (in H) per task: consecutive rows share KH - 1 of their input rows, which a column of
-# micro-kernel calls down the band then reads from L1 instead of L2.
+# Output rows (in H) per task, at most: consecutive rows share KH - 1 of their input rows, which a column
+# of micro-kernel calls down the band then reads from L1 instead of L2. Fewer where the input rows of a
+# band outgrow half of one core's L2 (wide rows of many channels: a 2-D layer of 256 channels on 64
+# pixels ran 10-15% faster in bands of 2-4 rows than of 8), so that they stay there beside the weights
+# while every block of channels reads them (`_split`).
 BAND = 8
-# Where bands are few (a 1-D signal has one per sample, a 2-D image of one sample H / BAND), each is cut
-# along W into segments, so that there are TASKS_PER_THREAD tasks a thread or more to balance, each of
-# MIN_SEGMENT output pixels or more (a segment recomputes its runs' tap lists: negligible beside that
-# many pixels' products).
+# Where bands of one row are still fewer than TASKS_PER_THREAD a thread (1-D signals: one row a sample),
+# each is cut along W into segments of MIN_SEGMENT output pixels or more, so that the threads balance
+# (a segment recomputes its runs' tap lists: negligible beside that many pixels' products). Bands of
+# fewer rows come first (`_split`): ResNet-50's 3x3 and 1x1 layers on one 56x56 image ran 12-30%
+# faster in 8 bands of 7 rows than in 14 half-rows of 8 (docs/design.md).
 TASKS_PER_THREAD = 4
 MIN_SEGMENT = 64
 # Taps of fewer reduction steps than this (a group's input channels) cost more in their overheads than a
@@ -234,8 +239,8 @@ def _launch_args(geometry, dtype, threads, mode):
     vectors, spread, group, phased = blocking.shape
     # How far x advances per reduction element (the micro-kernel's S).
     element = 1 if len(spread) == 1 else len(spread) if len(phased) > 1 else len(vectors) * len(spread)
-    bands = -(-n_oh // BAND)
-    segments = _segments(n_batch * n_od * bands, n_ow, threads)
+    band, segments = _split(geometry, dtype, threads)
+    bands = -(-n_oh // band)
     n_tasks = n_batch * n_od * bands * segments
     width = lanes(dtype)
     packed = _packed_shape(prod(geometry.kernel), geometry.in_channels // geometry.groups, blocking, width)
@@ -243,18 +248,37 @@ def _launch_args(geometry, dtype, threads, mode):
     tables = (size for axis in zip(geometry.out_spatial, geometry.kernel) for size in axis)
     workers = min(threads, n_tasks)
     meta = np.array((n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, *blocking.steps, mode,
-                     bias_size, lines_address(blocking.shape, dtype), _planes_first(geometry, dtype), segments,
+                     bias_size, lines_address(blocking.shape, dtype), _planes_first(geometry, dtype), band, segments,
                      *_x_layout(geometry, blocking), *geometry.in_spatial, geometry.in_channels, *packed, *tables),
                     np.int64)
     meta.flags.writeable = False
     return launch.address(_entry(np.dtype(dtype))), workers, meta
 
 
-def _segments(bands, n_ow, threads):
-    """How many segments along W each band is cut into (see TASKS_PER_THREAD)."""
-    if bands >= TASKS_PER_THREAD * threads:
-        return 1
-    return max(1, min(-(-TASKS_PER_THREAD * threads // bands), n_ow // MIN_SEGMENT))
+def _split(geometry, dtype, threads):
+    """(rows a band, segments a band along W): see BAND and TASKS_PER_THREAD. The rows: at most BAND,
+    and fewer where the input rows a band reads outgrow half of one core's L2. Where that leaves fewer
+    than TASKS_PER_THREAD bands a thread, the count of rows that makes the busiest thread read the
+    fewest input rows (it claims the most bands), the most rows on a tie: 56 rows of one image are 8
+    bands of 7 (4 a thread), not 7 of 8 (4 and 3)."""
+    planes, (n_oh, n_ow) = geometry.batch * geometry.out_spatial[0], geometry.out_spatial[1:]
+    span, stride = dilated(geometry.kernel[1], geometry.rhs_dilation[1]), geometry.stride[1]
+    row_bytes = geometry.kernel[0] * geometry.in_spatial[2] * geometry.in_channels * np.dtype(dtype).itemsize
+
+    def read(band):  # input rows of a band of each plane it reads
+        return (band - 1) * stride + span
+
+    def busiest(band):
+        return -(-planes * -(-n_oh // band) // threads) * read(band)
+    most = min(BAND, n_oh)
+    while most > 1 and read(most) * row_bytes > l2_bytes() // 2:
+        most -= 1
+    wanted = TASKS_PER_THREAD * threads
+    band = most if planes * -(-n_oh // most) >= wanted else min(range(most, 0, -1), key=busiest)
+    bands = planes * -(-n_oh // band)
+    if band > 1 or bands >= wanted:
+        return band, 1
+    return band, max(1, min(-(-wanted // bands), n_ow // MIN_SEGMENT))
 
 
 def _x_layout(geometry, blocking):
@@ -295,8 +319,8 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     made inside the loop would cost atomic reference counts, which the threads contend for."""
     meta = carray(meta_ptr, (_META,))
     n_tasks, workers, n_od, bands, n_oh, n_ow, cout, element, q, x_step, q_h, mode, n_bias, family = meta[:14]
-    planes_first, segments, x_pixel, x_unit = meta[14:18]
-    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[18:]
+    planes_first, band, segments, x_pixel, x_unit = meta[14:19]
+    d, h, w, cin, units, blocks, n_taps, cin_g, width, od_rows, kd, oh_rows, kh, ow_rows, kw = meta[19:]
     n_batch = n_tasks // (n_od * bands * segments)
     segment = -(-n_ow // segments)
     strides = (d * h * w * cin, h * w * x_pixel, w * x_pixel, x_pixel)
@@ -312,26 +336,26 @@ def _work(x_ptr, packed_ptr, bias_ptr, out_ptr, d_ptr, h_ptr, w_ptr, counter_ptr
     first, last = claim(counter, start, end, workers)
     while first < end:
         for task in range(first, last):
-            n, od, oh = _task_rows(task // segments, n_od, bands, planes_first)
+            n, od, oh = _task_rows(task // segments, n_od, bands, band, planes_first)
             ow = task % segments * segment
-            _band(tap_args, (n, od, oh), min(BAND, n_oh - oh), (ow, min(ow + segment, n_ow)), (q, q_h),
+            _band(tap_args, (n, od, oh), min(band, n_oh - oh), (ow, min(ow + segment, n_ow)), (q, q_h),
                   (x_step * strides[3], q * cout), n_ow * cout, arrays, packed_shape, (x_unit, cout), family, mode)
         first, last = claim(counter, last, end, workers)
     if mode == STREAMED:  # this thread's non-temporal stores, visible before the call returns
         store_fence()
 
 
-# meta's length: 16 values, x's layout (2), x's sizes after N, packed's 5, the 3 tables' 2 each
-_META = 16 + 2 + 4 + 5 + 6
+# meta's length: 17 values, x's layout (2), x's sizes after N, packed's 5, the 3 tables' 2 each
+_META = 17 + 2 + 4 + 5 + 6
 
 
 @njit(inline="always")
-def _task_rows(task, n_od, bands, planes_first):
+def _task_rows(task, n_od, bands, band, planes_first):
     """(n, od, oh): where a task's band starts; a band's planes in turn or a plane's bands (`_planes_first`)."""
     n, rest = task // (n_od * bands), task % (n_od * bands)
     if planes_first:
-        return n, rest % n_od, rest // n_od * BAND
-    return n, rest // bands, rest % bands * BAND
+        return n, rest % n_od, rest // n_od * band
+    return n, rest // bands, rest % bands * band
 
 
 @njit(inline="always")
