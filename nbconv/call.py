@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from nbconv.dtypes import check_real, conv_dtypes
-from nbconv.geometry import ConvGeometry, conv_geometry
+from nbconv.geometry import SPATIAL, ConvGeometry, conv_geometry
+from nbconv.lifting import Lift
 
 # The types of the public API's arguments.
 Array = Any  # a NumPy array (or anything np.asarray takes), a CUDA device array, or a Dask array
@@ -78,16 +79,17 @@ def refuse_masked(a, name):
                         f"(e.g. {name}.filled(0)) or the plain {name}.data")
 
 
-def validate(x, w, bias, options):
+def validate(x, w, bias, options, count=SPATIAL):
     """The ConvCall of a call on x, w and bias with `options` = (stride, padding, lhs_dilation,
-    rhs_dilation, groups, channel_first), or the error that names what is wrong.
+    rhs_dilation, groups, channel_first), or the error that names what is wrong. x and w are 3-D;
+    the options are those of the caller's `count` spatial axes, lifted here (`nbconv.lifting`).
 
     Cached by the sizes, dtypes and options that decide it, and by the options' types (1, 1.0 and
     True are one dict key but not equally valid): a layer or a loop calls with the same ones again,
     and a lookup costs a fraction of the full check, most of all right after a large kernel has
     evicted the interpreter's code and data from the caches."""
     spec = (tuple(x.shape), np.dtype(x.dtype), tuple(w.shape), np.dtype(w.dtype),
-            None if bias is None else (tuple(bias.shape), np.dtype(bias.dtype)), options)
+            None if bias is None else (tuple(bias.shape), np.dtype(bias.dtype)), options, count)
     try:
         key = (spec, _types(options))
         hash(key)
@@ -106,8 +108,11 @@ def _cached_conv_call(key):
     return _conv_call(*key[0])
 
 
-def _conv_call(x_shape, x_dtype, w_shape, w_dtype, bias_spec, options):
+def _conv_call(x_shape, x_dtype, w_shape, w_dtype, bias_spec, options, count):
     stride, padding, lhs_dilation, rhs_dilation, groups, channel_first = options
+    if count != SPATIAL:
+        lift = Lift(count, channel_first)
+        stride, padding, lhs_dilation, rhs_dilation = lift.options(stride, padding, lhs_dilation, rhs_dilation)
     if len(x_shape) not in (4, 5):
         raise ValueError(f"x must be 5-D {_layout(channel_first)} (or 4-D unbatched), got shape {x_shape}")
     if not isinstance(channel_first, (bool, np.bool_)):

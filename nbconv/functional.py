@@ -144,16 +144,11 @@ def convolve(lift, x, w, bias, options, backend, out):
         return _lazy(lift, x, w, bias, options, backend, out)
     x, w, bias = device_views(host_array(x, "x"), w, bias)
     batched = lift.batched(x, w)
-    call = validate(lift.image(x, batched), lift.kernel(w), bias, _options(lift, options))
+    call = validate(lift.image(x, batched), lift.kernel(w), bias, (*options, lift.channel_first), lift.count)
     if out is not None:
         check_out(out, call, x, w, bias, lift.lower_image(call.result_shape, batched))
     y = backend_module(backend).convolve(call, lift.image(x, batched), lift.kernel(w), bias, lift.image(out, batched))
     return out if out is not None else lift.lower_image(y, batched)
-
-
-def _options(lift, options):
-    """(stride, padding, lhs_dilation, rhs_dilation, groups) of the caller -> `validate`'s options."""
-    return (*lift.options(*options[:4]), options[4], lift.channel_first)
 
 
 def _lazy(lift, x, w, bias, options, backend, out):
@@ -163,7 +158,8 @@ def _lazy(lift, x, w, bias, options, backend, out):
                         "y.store(...) or y.to_zarr(...)")
     batched = lift.batched(x, w)
     x3, w3 = lift.image(x, batched), lift.kernel(w)
-    y = chunked.lazy_convolution(validate(x3, w3, bias, _options(lift, options)), x3, w3, bias, backend)
+    call = validate(x3, w3, bias, (*options, lift.channel_first), lift.count)
+    y = chunked.lazy_convolution(call, x3, w3, bias, backend)
     return lift.lower_image(y, batched)
 
 

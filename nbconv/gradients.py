@@ -124,8 +124,7 @@ def vjp(lift, x, w, dy, bias, options, wrt, backend):
     x, w, dy, bias = device_views(host_array(x, "x"), host_array(w, "w"), host_array(dy, "dy"),
                                   host_array(bias, "bias", optional=True))
     batched = lift.batched(x, w)
-    call = validate(lift.image(x, batched), lift.kernel(w), bias,
-                    (*lift.options(*options[:4]), options[4], lift.channel_first))
+    call = validate(lift.image(x, batched), lift.kernel(w), bias, (*options, lift.channel_first), lift.count)
     check_real("dy", np.dtype(dy.dtype))
     shape = lift.lower_image(call.result_shape, batched)
     if tuple(dy.shape) != shape:
