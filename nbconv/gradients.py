@@ -185,6 +185,10 @@ def _dw(x5, dy5, geometry):
     if geometry.flops == 0:
         return np.zeros((*geometry.kernel, geometry.in_channels // geometry.groups, geometry.out_channels), x5.dtype)
     if weight_grad.usable(geometry, x5.dtype):
+        if geometry.in_spatial[0] == geometry.kernel[0] == 1 and geometry.pads[0] == (0, 0):  # a 2-D call
+            planar = _rows_as_planes(geometry)
+            dw = weight_grad.weight_gradient(_rows_as_planes_view(x5), _rows_as_planes_view(dy5), planar)
+            return dw.reshape(1, *dw.shape[:1], *dw.shape[2:])
         return weight_grad.weight_gradient(x5, dy5, geometry)
     groups, (n, *spatial, cin) = geometry.groups, x5.shape
     cin_g = cin // groups
@@ -196,6 +200,25 @@ def _dw(x5, dy5, geometry):
     per_input = _run(volumes, taps, stride=geometry.rhs_dilation, padding=pads,
                      lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.stride, groups=groups)
     return np.moveaxis(per_input, 0, 3)  # (Cin / groups, KD, KH, KW, Cout) -> w's layout
+
+
+def _rows_as_planes(geometry):
+    """Return the geometry of a one-plane convolution (a 2-D call) with its rows as planes.
+
+    (1, H, W) -> (H, 1, W): the weight-gradient kernel splits its tasks by planes (and kernel planes),
+    so a single 2-D image was one task, for one thread.
+    """
+    def swap(values):
+        return (values[1], values[0], values[2])
+    return geometry.__class__(geometry.batch, swap(geometry.in_spatial), geometry.in_channels, swap(geometry.kernel),
+                              geometry.out_channels, geometry.groups, swap(geometry.stride), swap(geometry.pads),
+                              swap(geometry.lhs_dilation), swap(geometry.rhs_dilation))
+
+
+def _rows_as_planes_view(a):
+    """(N, 1, H, W, C) -> (N, H, 1, W, C), the same memory."""
+    n, _, h, w, c = a.shape
+    return a.reshape(n, h, 1, w, c)
 
 
 def weight_standardization_vjp(w: Array, dw_hat: Array, eps: float = 1e-4, gain: Array | None = None,
