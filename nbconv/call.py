@@ -20,7 +20,7 @@ from nbconv.lifting import Lift
 
 # The types of the public API's arguments.
 Array = Any  # a NumPy array (or anything np.asarray takes), a CUDA device array, or a Dask array
-Ints = int | Sequence[int]  # one int for every spatial axis, or 1 or 3 of them
+Ints = int | Sequence[int]  # one int for every spatial axis, or one per spatial axis
 Padding = str | int | Sequence[int] | Sequence[Sequence[int]]  # "SAME", "VALID", ints or (lo, hi) pairs
 
 
@@ -96,6 +96,15 @@ def validate(x, w, bias, options, count=SPATIAL):
     except TypeError:  # a list or an array among the options: checked every time
         return _conv_call(*spec)
     return _cached_conv_call(key)
+
+
+def geometry_of(x_shape, w_shape, options, count=SPATIAL):
+    """The geometry of the 3-D call that a call of `count` spatial axes makes, from the caller's
+    batched x_shape, w_shape and `validate`'s options (a layer's output size, a workload's FLOPs)."""
+    lift = Lift(count, options[-1])
+    float32 = np.dtype(np.float32)
+    return _conv_call(lift.image(tuple(x_shape), True), float32, lift.kernel(tuple(w_shape)), float32, None, options,
+                      count).geometry
 
 
 def _types(value):

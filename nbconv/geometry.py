@@ -28,6 +28,11 @@ def _one_or(count):
     return "1" if count == 1 else f"1 or {count}"
 
 
+def _entries(count):
+    """What a padding sequence of `count` spatial axes holds, in words."""
+    return "1 entry (or one (lo, hi) pair of ints)" if count == 1 else f"1 or {count} entries"
+
+
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -70,7 +75,7 @@ def normalize_padding(padding, count=SPATIAL):
     elif len(items) in (1, count):
         pads = tuple(_pad_pair(p, padding) for p in items)
     else:
-        raise ValueError(f"padding must have {_one_or(count)} entries, got {padding!r}")
+        raise ValueError(f"padding must have {_entries(count)}, got {padding!r}")
     return pads * count if len(pads) == 1 else pads
 
 

@@ -185,7 +185,7 @@ def _dw(x5, dy5, geometry):
     if geometry.flops == 0:
         return np.zeros((*geometry.kernel, geometry.in_channels // geometry.groups, geometry.out_channels), x5.dtype)
     if weight_grad.usable(geometry, x5.dtype):
-        if geometry.in_spatial[0] == geometry.kernel[0] == 1 and geometry.pads[0] == (0, 0):  # a 2-D call
+        if geometry.in_spatial[0] == geometry.kernel[0] == 1 and geometry.pads[0] == (0, 0):  # one plane
             planar = _rows_as_planes(geometry)
             dw = weight_grad.weight_gradient(_rows_as_planes_view(x5), _rows_as_planes_view(dy5), planar)
             return dw.reshape(1, *dw.shape[:1], *dw.shape[2:])

@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from nbconv import init, transposed
-from nbconv.call import Array, Ints, Padding, is_dask_array, is_device_array, positive_number
+from nbconv.call import Array, Ints, Padding, geometry_of, is_dask_array, is_device_array, positive_number
 from nbconv.functional import convolve, weight_standardization
-from nbconv.geometry import conv_geometry, normalize_padding, spatial_tuple
+from nbconv.geometry import normalize_padding, spatial_tuple
 from nbconv.gradients import vjp, weight_standardization_vjp
 from nbconv.lifting import Lift
 
@@ -85,13 +85,9 @@ class _Conv:
         return self.stride, self.padding, self.lhs_dilation, self.rhs_dilation, self.groups
 
     def _out_size(self):
-        lift = self._lift()
-        stride, padding, lhs, rhs, groups = self._options()
-        stride, padding, lhs, rhs = lift.options(stride, padding, lhs, rhs)
-        geometry = conv_geometry((1, *lift.image(self.in_size, False)), (1,) * lift.units + self._run_kernel_shape(),
-                                 stride=stride, padding=padding, lhs_dilation=lhs, rhs_dilation=rhs, groups=groups,
-                                 channel_first=self.channel_first)
-        out = geometry.out_spatial[lift.units:]
+        geometry = geometry_of((1, *self.in_size), self._run_kernel_shape(), (*self._options(), self.channel_first),
+                               self.spatial)
+        out = geometry.out_spatial[3 - self.spatial:]
         return (self.out_channels, *out) if self.channel_first else (*out, self.out_channels)
 
     def _run_kernel_shape(self):
@@ -385,9 +381,9 @@ class _ConvTranspose(_Conv):
         return transposed.flip_and_swap(d_run)
 
     def _arguments(self):
-        arguments = super()._arguments()
-        del arguments["lhs_dilation"]
-        return arguments
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=self.kernel_size,
+                    stride=self.stride, padding=self.padding, rhs_dilation=self.rhs_dilation, groups=self.groups,
+                    channel_first=self.channel_first)
 
 
 class ConvTranspose1d(_ConvTranspose):

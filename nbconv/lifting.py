@@ -64,26 +64,51 @@ class Lift(NamedTuple):
 
     def image(self, a, batched):
         """x, dy or out (or their shape) in the caller's layout -> the 3-D view."""
-        if a is None or not self.units:
-            return a
-        shape = tuple(a) if isinstance(a, tuple) else tuple(a.shape)
-        at = int(batched) + int(self.channel_first)
-        lifted = (*shape[:at], *(1,) * self.units, *shape[at:])
-        return lifted if isinstance(a, tuple) else a.reshape(lifted)
+        return self._insert(a, int(batched) + int(self.channel_first))
 
     def lower_image(self, a, batched):
         """The inverse of `image`: a 3-D result (or its shape) -> the caller's axes."""
-        if a is None or not self.units:
-            return a
-        shape = tuple(a) if isinstance(a, tuple) else tuple(a.shape)
-        at = int(batched) + int(self.channel_first)
-        lowered = (*shape[:at], *shape[at + self.units:])
-        return lowered if isinstance(a, tuple) else a.reshape(lowered)
+        return self._drop(a, int(batched) + int(self.channel_first))
 
     def kernel(self, w):
         """w (KH, KW, Cin // groups, Cout)... -> the 3-D kernel."""
-        return w if w is None or not self.units else w.reshape((1,) * self.units + tuple(w.shape))
+        return self._insert(w, 0)
 
     def lower_kernel(self, w):
         """The inverse of `kernel`."""
-        return w if w is None or not self.units else w.reshape(tuple(w.shape)[self.units:])
+        return self._drop(w, 0)
+
+    def _insert(self, a, at):
+        """`a` (an array or a shape) with the unit axes inserted before axis `at`."""
+        if a is None or not self.units:
+            return a
+        if isinstance(a, tuple):
+            return (*a[:at], *(1,) * self.units, *a[at:])
+        return _view(a, self._insert(tuple(a.shape), at), _insert_strides(a, at, self.units))
+
+    def _drop(self, a, at):
+        """`a` (an array or a shape) without the unit axes at `at`."""
+        if a is None or not self.units:
+            return a
+        if isinstance(a, tuple):
+            return (*a[:at], *a[at + self.units:])
+        strides = getattr(a, "strides", None)
+        strides = None if strides is None else (*strides[:at], *strides[at + self.units:])
+        return _view(a, self._drop(tuple(a.shape), at), strides)
+
+
+def _insert_strides(a, at, units):
+    strides = getattr(a, "strides", None)
+    if strides is None:  # a Dask array: its reshape inserts unit axes lazily
+        return None
+    unit = strides[at] * a.shape[at] if at < len(strides) else a.dtype.itemsize  # any stride suits a unit axis
+    return (*strides[:at], *(unit,) * units, *strides[at:])
+
+
+def _view(a, shape, strides):
+    """`a` as `shape`, with unit axes inserted or removed: a reshape for NumPy and Dask arrays; for a
+    Numba device array a view with `strides` (its reshape of an F-ordered array would give C strides
+    over F-ordered memory)."""
+    if hasattr(a, "gpu_data"):
+        return type(a)(shape, strides, a.dtype, stream=a.stream, gpu_data=a.gpu_data)
+    return a.reshape(shape)

@@ -78,3 +78,31 @@ def test_conv3d_vjp_on_cuda(on_device):
     np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dbias, dy.sum(axis=(0, 1, 2, 3)), rtol=1e-12)
+
+
+def test_the_family_stays_on_device():
+    """conv2d, conv1d, conv_transpose and their gradients and layers take device arrays (lifted as
+    views on the device) and give device arrays, equal to the CPU backend's."""
+    x, w = X[0, 0], W[0]  # (4, 3, 2) and (2, 2, 2, 3): one image, a 2-D kernel
+    y = nbconv.conv2d(cuda.to_device(x), cuda.to_device(w), stride=2)
+    assert is_device_array(y)
+    np.testing.assert_allclose(y.copy_to_host(), nbconv.conv2d(x, w, stride=2, backend="cpu"), rtol=1e-5, atol=1e-5)
+    out = cuda.device_array(y.shape, np.float32)
+    assert nbconv.conv2d(cuda.to_device(x), w, stride=2, out=out) is out
+    np.testing.assert_array_equal(out.copy_to_host(), y.copy_to_host())
+    fortran = nbconv.conv2d(cuda.to_device(np.asfortranarray(X[0])), W[0], stride=2)  # strides kept, not reshaped
+    np.testing.assert_allclose(fortran.copy_to_host(), nbconv.conv2d(X[0], W[0], stride=2, backend="cpu"),
+                               rtol=1e-5, atol=1e-5)
+    dx, dw, _ = nbconv.conv2d_vjp(cuda.to_device(x), w, y, stride=2)
+    want = nbconv.conv2d_vjp(x, w, y.copy_to_host(), stride=2, backend="cpu")
+    assert is_device_array(dx) and is_device_array(dw)
+    for got, expected in zip((dx, dw), want):
+        np.testing.assert_allclose(got.copy_to_host(), expected, rtol=1e-5, atol=1e-5)
+    signal = nbconv.conv1d(cuda.to_device(x[0]), cuda.to_device(w[0]), padding=(1, 0))
+    assert is_device_array(signal) and signal.shape == (3, 3)
+    kernel = np.ascontiguousarray(w[..., :2])  # (2, 2, Cout 2, Cin 2) of the convolution this transposes
+    up = nbconv.conv_transpose(cuda.to_device(x), cuda.to_device(kernel), stride=2, transpose_kernel=True)
+    np.testing.assert_allclose(up.copy_to_host(), nbconv.conv_transpose(x, kernel, stride=2, transpose_kernel=True,
+                                                                     backend="cpu"), rtol=1e-5, atol=1e-5)
+    layer = nbconv.ConvTranspose2d((4, 3, 2), 3, 2, stride=2)
+    assert is_device_array(layer(cuda.to_device(x))) and layer(cuda.to_device(x)).shape == (8, 6, 3)

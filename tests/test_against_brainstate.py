@@ -160,6 +160,7 @@ def test_family_matches_brainstate(name, options):
         if hasattr(theirs, attribute):
             assert getattr(ours, attribute) == tuple(getattr(theirs, attribute)) if attribute.endswith("size") \
                 else getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert repr(ours).startswith(f"{name}(in_channels=")
     assert {k: v.shape for k, v in ours.weight.value.items()} == \
         {k: tuple(v.shape) for k, v in theirs.weight.value.items()}
     x = rng.standard_normal((2, *probe.in_size)).astype(np.float32)

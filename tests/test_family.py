@@ -208,7 +208,7 @@ def test_out_and_unbatched_and_channel_first(count):
     (lambda: nbconv.conv1d(np.ones((1, 2, 9)), np.ones((3, 2, 4)), channel_first=True, stride=(1, 2)),
      ValueError, "stride must be an int or a sequence of 1 ints"),
     (lambda: nbconv.conv1d(np.ones((1, 9, 2)), np.ones((3, 2, 4)), padding=(1, 2, 3)), ValueError,
-     "padding must have 1 entries"),
+     r"padding must have 1 entry \(or one \(lo, hi\) pair of ints\)"),
     (lambda: nbconv.conv2d(np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 4)), padding=((1, 1),) * 3), ValueError,
      "padding must have 1 or 2 entries"),
     (lambda: nbconv.conv2d(np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 4)), channel_first="no"), TypeError,
@@ -251,14 +251,14 @@ def test_dask_arrays_give_the_numpy_result():
                                      dict(lhs_dilation=2, stride=3, padding="VALID", groups=4)])
 def test_a_long_signal_is_cut_into_segments(options):
     """One sample of a 1-D signal is one band: its W is cut into segments for the threads
-    (blocked._segments), every residue class of input dilation and stride across the cuts."""
+    (blocked._split), every residue class of input dilation and stride across the cuts."""
     from nbconv.cpu import blocked
     rng = np.random.default_rng(5)
     x = rng.standard_normal((1, 1500, 8)).astype(np.float32)
     w = rng.standard_normal((3, 8 // options.get("groups", 1), 16)).astype(np.float32)
     geometry = conv_geometry((1, 1, 1, 1500, 8), (1, 1, 3, 8, 16), stride=1, padding="SAME", lhs_dilation=1,
                              rhs_dilation=1, groups=1, channel_first=False)
-    assert blocked._split(geometry, np.dtype(np.float32), 2) == (1, 8)  # one row: 8 segments of 187 pixels
+    assert blocked._split(geometry, np.dtype(np.float32), 2) == (1, 8)  # one row: 8 segments of 188 pixels
     got = nbconv.conv1d(x, w, backend="cpu", **options)
     x3, w3, lifted, _ = as_3d(1, x, w, {"channel_first": False, "stride": 1, "lhs_dilation": 1,
                                         "rhs_dilation": 1, "padding": "SAME", **options})

@@ -14,8 +14,9 @@ channels, packed weights and output channels; where x is copied anyway, or sever
 taps, each unit's inputs are copied into a volume of their own, so that a row's taps merge with
 several units as with one (`_Blocking.volumes`).
 
-A task is a band of BAND output rows (n, od, oh...), or a segment of one along W where bands are
-few (`_segments`: a 1-D signal, a 2-D image); the threads claim runs of tasks as they go
+A task is a band of up to BAND output rows (n, od, oh...), fewer where bands are few or their input
+rows large, or a segment along W of a one-row band (a 1-D signal; `_split`); the threads claim runs
+of tasks as they go
 (`nbconv.cpu.tasks`), a plane's bands in turn or, where the input planes that consecutive planes share
 leave L2 before they are read again, a band's planes in turn (`_planes_first`). Along W the pixels of a
 row fall into `q` residue classes (q = lhs / gcd(stride, lhs), 1 without input dilation): inside a
@@ -94,7 +95,8 @@ def run(x, w, bias, geometry, tables, out):
     inputs = group_inputs(x, blocking.units, blocking.per_unit) if blocking.volumes else x
     weights = pack_weights(w, blocking) if weight_index is None else _gather(w, weight_index)
     entry, workers, meta = _launch_args(geometry, x.dtype, get_num_threads(), _store_mode(out, blocking))
-    # BAND output rows (n, od, oh...) per task, claimed by the threads (`launch.run_tasks`).
+    # Bands of output rows (n, od, oh...) or their segments (`_split`), claimed by the threads
+    # (`launch.run_tasks`).
     arrays = (inputs, weights, _gather(bias, bias_index), out, *tables, np.zeros(3, np.int64), meta)
     launch.run_tasks(entry, workers, arrays, meta[0], geometry.valid_flops)
 
@@ -278,7 +280,8 @@ def _split(geometry, dtype, threads):
     bands = planes * -(-n_oh // band)
     if band > 1 or bands >= wanted:
         return band, 1
-    return band, max(1, min(-(-wanted // bands), n_ow // MIN_SEGMENT))
+    segments = max(1, min(-(-wanted // bands), n_ow // MIN_SEGMENT))
+    return band, -(-n_ow // -(-n_ow // segments))  # as many as their length leaves none empty
 
 
 def _x_layout(geometry, blocking):

@@ -254,7 +254,7 @@ def main(argv=None):
     parser.add_argument("--set", default="public", choices=list(SETS),
                         help="public: workloads.json; heldout: shapes nothing is tuned for; smoke: the public "
                              "kinds at tiny sizes (the CUDA simulator); groups: 16 channels a group to "
-                             "depthwise (--backward)")
+                             "depthwise (--backward); family, family_heldout: 1-D, 2-D and transposed layers")
     parser.add_argument("--workloads", help="comma-separated names (default: all of the set)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=nbconv.get_num_threads())
@@ -274,6 +274,9 @@ def main(argv=None):
         parser.error("--jax compares XLA and nbconv.jax only: it takes no --peers and no --plot")
     if args.backend == "cuda" and (args.jax or args.plot):
         parser.error("--backend cuda compares with PyTorch CUDA and JAX on the GPU: no --jax or --plot")
+    if args.set.startswith("family") and (args.jax or args.backend == "cuda"):
+        parser.error(f"--set {args.set} runs on the CPU against the CPU peers (--backward too); --jax and "
+                     "--backend cuda take the 3-D sets")
     if args.backend == "cuda" and args.peers and not set(args.peers.split(",")) <= {"torch", "jax", "none"}:
         parser.error(f"--peers with --backend cuda: some of torch,jax, or none; got {args.peers!r}")
     nbconv.set_num_threads(args.threads)

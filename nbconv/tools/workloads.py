@@ -11,8 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 import nbconv
-from nbconv.geometry import conv_geometry
-from nbconv.lifting import Lift
+from nbconv.call import geometry_of
 
 SEED_CASES = ("video_c3", "medical_s2", "grouped_g8")
 
@@ -54,11 +53,7 @@ class Workload:
     @property
     def geometry(self):
         """The geometry of the 3-D call nbconv makes (unit axes in front of fewer spatial axes)."""
-        lift = Lift(self.spatial, False)
-        stride, padding, lhs, rhs = lift.options(self.stride, self.padding, self.lhs_dilation, self.rhs_dilation)
-        return conv_geometry(lift.image(self.x_shape, True), (1,) * lift.units + self.w_shape, stride=stride,
-                             padding=padding, lhs_dilation=lhs, rhs_dilation=rhs, groups=self.groups,
-                             channel_first=False)
+        return geometry_of(self.x_shape, self.w_shape, (*self.options.values(), False), self.spatial)
 
     @property
     def axes(self):
