@@ -144,10 +144,11 @@ def convolve(lift, x, w, bias, options, backend, out):
         return _lazy(lift, x, w, bias, options, backend, out)
     x, w, bias = device_views(host_array(x, "x"), w, bias)
     batched = lift.batched(x, w)
-    call = validate(lift.image(x, batched), lift.kernel(w), bias, (*options, lift.channel_first), lift.count)
+    x3, w3 = lift.image(x, batched), lift.kernel(w)
+    call = validate(x3, w3, bias, (*options, lift.channel_first), lift.count)
     if out is not None:
         check_out(out, call, x, w, bias, lift.lower_image(call.result_shape, batched))
-    y = backend_module(backend).convolve(call, lift.image(x, batched), lift.kernel(w), bias, lift.image(out, batched))
+    y = backend_module(backend).convolve(call, x3, w3, bias, lift.image(out, batched))
     return out if out is not None else lift.lower_image(y, batched)
 
 

@@ -18,6 +18,7 @@ the dilated extents N = dilated(n, l), K = dilated(k, r), O = dilated(o, s):
   it applies: all but groups of 1-3 output channels that do not pack.
 """
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -124,13 +125,13 @@ def vjp(lift, x, w, dy, bias, options, wrt, backend):
     x, w, dy, bias = device_views(host_array(x, "x"), host_array(w, "w"), host_array(dy, "dy"),
                                   host_array(bias, "bias", optional=True))
     batched = lift.batched(x, w)
-    call = validate(lift.image(x, batched), lift.kernel(w), bias, (*options, lift.channel_first), lift.count)
+    x3, w3 = lift.image(x, batched), lift.kernel(w)
+    call = validate(x3, w3, bias, (*options, lift.channel_first), lift.count)
     check_real("dy", np.dtype(dy.dtype))
     shape = lift.lower_image(call.result_shape, batched)
     if tuple(dy.shape) != shape:
         raise ValueError(f"dy must have the result's shape {shape}, got {tuple(dy.shape)}")
-    dx, dw, dbias = _vjp3(call, lift.image(x, batched), lift.kernel(w), lift.image(dy, batched), bias, wanted,
-                          backend, on_device)
+    dx, dw, dbias = _vjp3(call, x3, w3, lift.image(dy, batched), bias, wanted, backend, on_device)
     return lift.lower_image(dx, batched), lift.lower_kernel(dw), dbias
 
 
@@ -208,11 +209,11 @@ def _rows_as_planes(geometry):
     (1, H, W) -> (H, 1, W): the weight-gradient kernel splits its tasks by planes (and kernel planes),
     so a single 2-D image was one task, for one thread.
     """
-    def swap(values):
-        return (values[1], values[0], values[2])
-    return geometry.__class__(geometry.batch, swap(geometry.in_spatial), geometry.in_channels, swap(geometry.kernel),
-                              geometry.out_channels, geometry.groups, swap(geometry.stride), swap(geometry.pads),
-                              swap(geometry.lhs_dilation), swap(geometry.rhs_dilation))
+    def swapped(name):
+        d, h, w = getattr(geometry, name)
+        return h, d, w
+    axes = ("in_spatial", "kernel", "stride", "pads", "lhs_dilation", "rhs_dilation")
+    return replace(geometry, **{name: swapped(name) for name in axes})
 
 
 def _rows_as_planes_view(a):

@@ -67,7 +67,7 @@ class _Conv:
         self.out_size = self._out_size()
 
     def _kernel_shape(self):
-        return (*self.kernel_size, self.in_channels // self.groups, self.out_channels)
+        return self._run_kernel_shape()
 
     def _init_params(self):
         params = {"weight": init.param(self.w_initializer, self.kernel_shape, "w_init")}
@@ -91,8 +91,11 @@ class _Conv:
         return (self.out_channels, *out) if self.channel_first else (*out, self.out_channels)
 
     def _run_kernel_shape(self):
-        """Return the shape of the kernel the convolution runs (`kernel_shape` of a forward layer)."""
-        return self.kernel_shape
+        """Return the shape of the kernel the convolution runs: (*kernel_size, Cin // groups, Cout).
+
+        The transposed layers' too: their kernel flipped, its channel axes swapped.
+        """
+        return (*self.kernel_size, self.in_channels // self.groups, self.out_channels)
 
     def kernel(self) -> np.ndarray:
         """Return the weights the convolution uses (the mask applied)."""
@@ -366,9 +369,6 @@ class _ConvTranspose(_Conv):
 
     def _kernel_shape(self):
         return (*self.kernel_size, self.out_channels, self.in_channels // self.groups)
-
-    def _run_kernel_shape(self):
-        return (*self.kernel_size, self.in_channels // self.groups, self.out_channels)
 
     def _options(self):
         return transposed.forward_options(self.spatial, self.kernel_size, self.stride, self.padding,

@@ -73,8 +73,7 @@ def conv_transpose(x: Array, w: Array, *, stride: Ints = 1, padding: Padding = "
     >>> nbconv.conv_transpose(x, w, stride=2).shape  # a U-Net decoder's upsampling
     (1, 16, 16, 8)
     """
-    lift, w = _prepare(w, channel_first, transpose_kernel)
-    options = forward_options(lift.count, tuple(w.shape)[:lift.count], stride, padding, rhs_dilation, groups)
+    lift, w, options = _prepare(w, channel_first, transpose_kernel, (stride, padding, rhs_dilation, groups))
     return convolve(lift, x, w, bias, options, backend, out)
 
 
@@ -87,15 +86,17 @@ def conv_transpose_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, paddi
     The arguments and results are as in `conv3d_vjp`, with `conv_transpose`'s shapes and options;
     ``dw`` has ``w``'s shape (with ``transpose_kernel``, the gradient of the ``w`` given).
     """
-    lift, w_run = _prepare(w, channel_first, transpose_kernel)
-    options = forward_options(lift.count, tuple(w_run.shape)[:lift.count], stride, padding, rhs_dilation,
-                              groups)
+    lift, w_run, options = _prepare(w, channel_first, transpose_kernel, (stride, padding, rhs_dilation, groups))
     dx, dw, dbias = vjp(lift, x, w_run, dy, bias, options, wrt, backend)
     return dx, (flip_and_swap(dw) if transpose_kernel and dw is not None else dw), dbias
 
 
-def _prepare(w, channel_first, transpose_kernel):
-    """Return the lift of w's spatial axes and the kernel the convolution runs (`transpose_kernel` applied)."""
+def _prepare(w, channel_first, transpose_kernel, options):
+    """Return the lift of w's spatial axes, the kernel run and its options.
+
+    The kernel has `transpose_kernel` applied; the options are `forward_options` of `options` =
+    (stride, padding, rhs_dilation, groups).
+    """
     w = device_views(host_array(w, "w"))[0]
     count = len(w.shape) - 2
     if not 1 <= count <= SPATIAL:
@@ -103,7 +104,8 @@ def _prepare(w, channel_first, transpose_kernel):
                          f"{tuple(w.shape)}")
     if not isinstance(transpose_kernel, (bool, np.bool_)):
         raise TypeError(f"transpose_kernel must be a bool, got {transpose_kernel!r}")
-    return Lift(count, channel_first), (flip_and_swap(w) if transpose_kernel else w)
+    return Lift(count, channel_first), (flip_and_swap(w) if transpose_kernel else w), \
+        forward_options(count, tuple(w.shape)[:count], *options)
 
 
 def flip_and_swap(w):
