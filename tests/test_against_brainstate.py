@@ -6,6 +6,7 @@ import pytest
 import nbconv
 from nbconv.reference import conv3d_reference
 from tests.support import BACKEND, SIMULATED
+from tests.test_family import as_3d
 
 brainstate = pytest.importorskip("brainstate")
 jax_numpy = pytest.importorskip("jax.numpy")
@@ -111,12 +112,12 @@ if SIMULATED:
     FAMILY = FAMILY[::3]
 
 
-def _convolution_used(layer, name, options):
-    """The 3-D convolution (x's unit axes, the kernel, its options) that brainstate's layer computes,
-    written out here from its definition: forward layers convolve as they are; transposed ones with the
-    kernel flipped and its channel axes swapped, the stride as input dilation, and brainstate's pads."""
+def _convolution_used(layer, name, options, x):
+    """The 3-D convolution (`test_family.as_3d`: x, the kernel, its options, the channel axis) that
+    brainstate's layer computes on x, written out here from its definition: forward layers convolve as
+    they are; transposed ones with the kernel flipped and its channel axes swapped, the stride as input
+    dilation, and brainstate's pads."""
     count = len(layer.kernel_size)
-    cf = layer.channel_first
     w = layer.kernel()
     padding = options.get("padding", "SAME")
     if name.startswith("ConvTranspose"):
@@ -131,12 +132,7 @@ def _convolution_used(layer, name, options):
     else:
         options = dict(stride=layer.stride, padding=layer.padding if not isinstance(layer.padding, str) else padding,
                        lhs_dilation=layer.lhs_dilation, rhs_dilation=layer.rhs_dilation)
-    units = 3 - count
-    lifted = {k: (v if isinstance(v, (int, str)) else (1,) * units + tuple(v)) for k, v in options.items()
-              if k != "padding"}
-    pad = options["padding"]
-    lifted["padding"] = pad if isinstance(pad, str) else [(0, 0)] * units + [tuple(p) for p in pad]
-    return w.reshape((1,) * units + w.shape), dict(**lifted, groups=layer.groups, channel_first=cf), 1 + int(cf)
+    return as_3d(count, x, w, dict(**options, groups=layer.groups, channel_first=layer.channel_first))
 
 
 @pytest.mark.parametrize("name, options", FAMILY, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FAMILY)])
@@ -166,8 +162,7 @@ def test_family_matches_brainstate(name, options):
     x = rng.standard_normal((2, *probe.in_size)).astype(np.float32)
     got, want = ours(x), np.asarray(theirs(x))
     assert got.shape == want.shape == (2, *ours.out_size)
-    w3, lifted, at = _convolution_used(ours, name, options)
-    x3 = x.reshape(x.shape[:at] + (1,) * (3 - count) + x.shape[at:])
+    x3, w3, lifted, _ = _convolution_used(ours, name, options, x)
     scale = conv3d_reference(np.abs(x3), np.abs(w3), **lifted).reshape(got.shape)
     fan_in = np.prod(w.shape[:-1]) if name.startswith("ScaledWS") else 0
     bound = (2 * (np.prod(w3.shape[:4]) + 1) + fan_in) * 2**-24 * scale + 2**-24 * 8

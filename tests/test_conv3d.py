@@ -15,20 +15,22 @@ EXAMPLES = 12 if SIMULATED else 150
 
 
 @st.composite
-def conv_problems(draw, dtypes=("float32", "float64")):
-    """x, w and conv3d options covering every documented form of every argument."""
+def conv_problems(draw, dtypes=("float32", "float64"), count=3, max_size=MAX_SIZE,
+                  depthwise=None if SIMULATED else 9):
+    """x, w and the options of a convolution of `count` spatial axes covering every documented form
+    of every argument; depthwise layers of up to `depthwise` channels (None: none)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     cin = groups * draw(st.integers(1, 3))
     cout = groups * draw(st.integers(1, 3))
-    if draw(st.booleans()) and not SIMULATED:
-        groups = cin = cout = draw(st.integers(1, 9))  # depthwise
+    if draw(st.booleans()) and depthwise:
+        groups = cin = cout = draw(st.integers(1, depthwise))
     batch = draw(st.integers(1, 2))
-    sizes = draw(st.lists(st.integers(1, MAX_SIZE), min_size=3, max_size=3))
-    kernel = draw(st.lists(st.integers(1, 3), min_size=3, max_size=3))
+    sizes = draw(st.lists(st.integers(1, max_size), min_size=count, max_size=count))
+    kernel = draw(st.lists(st.integers(1, 3), min_size=count, max_size=count))
     options = dict(
-        stride=draw(_triple_or_int(3)), lhs_dilation=draw(_triple_or_int(2)),
-        rhs_dilation=draw(_triple_or_int(2)), padding=draw(_paddings()), groups=groups,
+        stride=draw(per_axis(3, count)), lhs_dilation=draw(per_axis(2, count)),
+        rhs_dilation=draw(per_axis(2, count)), padding=draw(paddings(count)), groups=groups,
         channel_first=draw(st.booleans()))
     dtype = draw(st.sampled_from(dtypes))
     x = rng.standard_normal((batch, *sizes, cin)).astype(dtype)
@@ -42,16 +44,18 @@ def conv_problems(draw, dtypes=("float32", "float64")):
     return x, w, options
 
 
-def _triple_or_int(top):
+def per_axis(top, count=3):
+    """A positive option of `count` spatial axes in every form: an int, 1 int, or one per axis."""
     one = st.integers(1, top)
-    return st.one_of(one, st.tuples(one), st.tuples(one, one, one))
+    return st.one_of(one, st.tuples(one), st.tuples(*[one] * count))
 
 
-def _paddings():
+def paddings(count=3):
+    """Every form of padding for `count` spatial axes."""
     pad = st.integers(-1, 3)
     pair = st.tuples(pad, pad)
     return st.one_of(st.sampled_from(["SAME", "VALID", "same"]), st.integers(0, 2),
-                     st.tuples(pad, pad, pad), st.tuples(pair), st.tuples(pair, pair, pair))
+                     st.tuples(*[pad] * count), st.tuples(pair), st.tuples(*[pair] * count))
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import nbconv
 from nbconv.geometry import conv_geometry
 from tests.support import BACKEND, SIMULATED, assert_conv_close
+from tests.test_conv3d import conv_problems
 
 EXAMPLES = 10 if SIMULATED else 100
 MAX_SIZE = 4 if SIMULATED else 9
@@ -19,39 +20,7 @@ VJP = {1: nbconv.conv1d_vjp, 2: nbconv.conv2d_vjp, 3: nbconv.conv3d_vjp}
 def problems(draw, counts=(1, 2), dtypes=("float32", "float64")):
     """(count, x, w, options): a convolution of `count` spatial axes, every form of every option."""
     count = draw(st.sampled_from(counts))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
-    if draw(st.booleans()):
-        groups = cin = cout = draw(st.integers(1, 6))  # depthwise
-    sizes = draw(st.lists(st.integers(1, MAX_SIZE), min_size=count, max_size=count))
-    kernel = draw(st.lists(st.integers(1, 3), min_size=count, max_size=count))
-    options = dict(stride=draw(_ints(count, 3)), lhs_dilation=draw(_ints(count, 2)),
-                   rhs_dilation=draw(_ints(count, 2)), padding=draw(_paddings(count)), groups=groups,
-                   channel_first=draw(st.booleans()))
-    dtype = draw(st.sampled_from(dtypes))
-    x = rng.standard_normal((draw(st.integers(1, 2)), *sizes, cin)).astype(dtype)
-    if options["channel_first"]:
-        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
-    if draw(st.booleans()):
-        x = x[0]  # unbatched
-    w = rng.standard_normal((*kernel, cin // groups, cout)).astype(dtype)
-    if draw(st.booleans()):
-        options["bias"] = rng.standard_normal(cout).astype(dtype)
-    return count, x, w, options
-
-
-def _ints(count, top):
-    one = st.integers(1, top)
-    return st.one_of(one, st.tuples(one), st.tuples(*[one] * count))
-
-
-def _paddings(count):
-    pad = st.integers(-1, 3)
-    pair = st.tuples(pad, pad)
-    forms = [st.sampled_from(["SAME", "VALID"]), st.integers(0, 2), st.tuples(*[pad] * count), st.tuples(pair),
-             st.tuples(*[pair] * count)]
-    return st.one_of(*forms)
+    return (count, *draw(conv_problems(dtypes, count, MAX_SIZE, depthwise=6)))
 
 
 def pairs(padding, count):
