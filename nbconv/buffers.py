@@ -1,11 +1,13 @@
-"""Large result arrays whose memory is used again once the caller has dropped them.
+"""Results and scratch arrays whose memory is used again once nothing views them.
 
-A fresh array of many megabytes costs page faults where it is first written, one per 4 KiB page, or
-long stalls when NumPy's huge-page advice meets memory the kernel must first compact (a large result
-can take longer to fault in than to compute). glibc keeps freed blocks below 32 MB for the next
-allocation, but hands larger ones back to the kernel. So results of MIN_BYTES or more are views of a
-few buffers kept here; a buffer is handed out again only when no array views it any more (every
-view's ``.base`` is the buffer, so its reference count tells).
+A fresh array costs page faults where it is first written, one per 4 KiB page, or long stalls when
+NumPy's huge-page advice meets memory the kernel must first compact (a large result can take longer
+to fault in than to compute). glibc hands freed blocks of 32 MB or more back to the kernel, and
+smaller ones too whenever the free memory at the top of its heap outgrows twice the largest block it
+has handed back: a call that frees a scratch array and then its result (a copy of x, and y) trims
+both, from 128 KiB up, and faults all their pages in again on the next call. So arrays of MIN_BYTES
+or more are views of a few buffers kept here; a buffer is handed out again only when no array views
+it any more (every view's ``.base`` is the buffer, so its reference count tells).
 
 Every result starts on a cache line, so that no vector store splits across two: NumPy puts an array's
 data 16 bytes past one (glibc's malloc), where wide vector stores would split across two lines;
@@ -17,8 +19,8 @@ from math import prod
 
 import numpy as np
 
-MIN_BYTES = 4 << 20
-KEPT = 4  # buffers kept at most, idle or not
+MIN_BYTES = 128 << 10  # glibc's smallest threshold for handing memory back
+KEPT = 8  # buffers kept at most, idle or not
 MAX_KEPT_BYTES = 1 << 30
 ALIGN = 64
 
@@ -36,6 +38,15 @@ def empty(shape, dtype):
     with _lock:
         buffer, start = _take(nbytes + ALIGN)
     return np.ndarray(shape, dtype, buffer=buffer, offset=start)
+
+
+def contiguous(a, dtype):
+    """Like np.ascontiguousarray(a, dtype), a copy (where one is needed) from `empty`."""
+    if a.flags.c_contiguous and a.dtype == dtype:
+        return a
+    copy = empty(a.shape, dtype)
+    np.copyto(copy, a, casting="unsafe")
+    return copy
 
 
 def fresh(shape, dtype):

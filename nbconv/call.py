@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from nbconv import buffers
 from nbconv.dtypes import check_real, conv_dtypes
 from nbconv.geometry import SPATIAL, ConvGeometry, conv_geometry
 from nbconv.lifting import Lift
@@ -163,7 +164,7 @@ def to_kernel_layout(a, call, dtype):
     """An array in the caller's layout (x, or a cotangent of the result) -> channels-last, batched,
     C-contiguous, of `dtype`: what the kernels take."""
     a5 = a if call.batched else a[None]
-    return np.ascontiguousarray(np.moveaxis(a5, 1, -1) if call.channel_first else a5, dtype=dtype)
+    return buffers.contiguous(np.moveaxis(a5, 1, -1) if call.channel_first else a5, np.dtype(dtype))
 
 
 def to_caller_layout(y, call, out=None, dtype=None):
@@ -174,7 +175,7 @@ def to_caller_layout(y, call, out=None, dtype=None):
     if not call.batched:
         y = y[0]
     if out is None:
-        return np.ascontiguousarray(y, dtype=call.result_dtype if dtype is None else dtype)
+        return buffers.contiguous(y, np.dtype(call.result_dtype if dtype is None else dtype))
     out[...] = y
     return out
 
