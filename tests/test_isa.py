@@ -51,7 +51,7 @@ def families(target):
         yield dtype, 1, lanes, 1, 2 * lanes  # one output channel in LANES input phases (groups = 1)
         yield dtype, min(2, target.max_vectors), 1, 1, 3  # K = 1 stepping 3 elements (weight_grad's folded rows)
         yield dtype, 1, lanes, 1, 1
-        yield dtype, target.whole_vectors, lanes, 1, 1
+        yield dtype, target.whole_vectors(27), lanes, 1, 1  # (a 3x3x3 kernel in a 32 KiB L1)
         yield dtype, 16, max(2, lanes // 4), min(4, lanes // 2), 1  # the weight gradient's units of 16 vectors
 
 

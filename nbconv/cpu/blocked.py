@@ -156,7 +156,7 @@ def _blocking(geometry, dtype):
         # pixel and vector needs a register for its broadcast inputs, and beside 24 accumulators 4
         # vectors spill where 2 do not.
         per_vector = 1 if phases > 1 else k
-        most = TARGET.whole_vectors if k == width else min(2, TARGET.max_vectors)
+        most = TARGET.whole_vectors(prod(geometry.kernel)) if k == width else min(2, TARGET.max_vectors)
         vectors = max(v for v in range(most, 0, -1) if (groups // per_vector) % v == 0)
     # Residue classes along H and W: rows fall into them as pixels do (input dilation alternates their taps).
     q_h, q = (lhs // gcd(stride, lhs) for stride, lhs in zip(geometry.stride[1:], geometry.lhs_dilation[1:]))

@@ -15,7 +15,9 @@ import llvmlite.binding as llvm
 import numpy as np
 
 CACHE_LINE = 64
-# One core's L2 where the OS does not say (`l2_bytes`): the smallest seen on these machines (Zen 2/3).
+# One core's L1 data cache and L2 where the OS does not say (`l1_bytes`, `l2_bytes`): the smallest seen
+# on these machines (Zen 2/3).
+L1_FALLBACK = 32 << 10
 L2_FALLBACK = 512 << 10
 
 # LLVM splits a vector type wider than the registers into several registers, so the micro-kernel's
@@ -52,7 +54,11 @@ class Blocking(NamedTuple):
 
 # A unit of whole-vector inputs (depthwise, K = LANES) spans up to this many bytes of channels, however
 # many vectors that takes, reduced a few vectors at a time (`emitter.Emitter.together`): where a unit
-# holds all the channels, the taps of a stride-1 row continue in x and merge, their inputs loaded once.
+# holds all the channels, the taps of a stride-1 row continue in x and merge, their inputs loaded once,
+# and x needs no copy into a volume per unit. More where the unit's packed weights still fit one core's
+# L1 data cache, which every block of pixels reads them from (`whole_vectors`): the 96 to 960 channels
+# of a 3x3 or 5x5 layer are then one unit, those of a 5x5x5 layer (48 KB of weights) two
+# (docs/design.md).
 WHOLE_VECTOR_BYTES = 256
 
 # (architecture, vector registers, FMA) -> Blocking: one row per register file, as BLIS keeps one
@@ -123,10 +129,9 @@ class Target(NamedTuple):
         """Most vectors of one micro-kernel call whose inputs are shared (broadcast)."""
         return max(self.blocking.pixels)
 
-    @property
-    def whole_vectors(self):
-        """Most vectors of one micro-kernel call of whole-vector inputs."""
-        return max(self.max_vectors, WHOLE_VECTOR_BYTES // self.vector_bytes)
+    def whole_vectors(self, taps):
+        """Most vectors of one micro-kernel call of whole-vector inputs, for a kernel of `taps` taps."""
+        return max(self.max_vectors, WHOLE_VECTOR_BYTES // self.vector_bytes, l1_bytes() // (taps * self.vector_bytes))
 
     def pixel_counts(self, vectors, whole=False, held=False):
         """Pixel counts of the micro-kernel bodies for `vectors` vectors (of whole-vector inputs:
@@ -167,15 +172,25 @@ def current():
     return probe(llvm.get_process_triple(), cpu, features)
 
 
-@lru_cache(maxsize=1)
+def l1_bytes():
+    """Bytes of one core's L1 data cache (`cache_bytes`)."""
+    return cache_bytes(1, L1_FALLBACK)
+
+
 def l2_bytes():
-    """Bytes of one core's L2 cache, from Linux's sysfs (`L2_FALLBACK` elsewhere). A property of the
-    machine, not of the instruction set: a forced compile target leaves it as it is."""
+    """Bytes of one core's L2 cache (`cache_bytes`)."""
+    return cache_bytes(2, L2_FALLBACK)
+
+
+@cache
+def cache_bytes(level, fallback):
+    """Bytes of one core's data cache of `level`, from Linux's sysfs (`fallback` elsewhere). A property
+    of the machine, not of the instruction set: a forced compile target leaves it as it is."""
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+            found, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
         except OSError:
             continue
-        if level == "2" and kind in ("Unified", "Data") and re.fullmatch(r"\d+[KM]?", size):
+        if found == str(level) and kind in ("Unified", "Data") and re.fullmatch(r"\d+[KM]?", size):
             return int(size.rstrip("KM")) << {"K": 10, "M": 20}.get(size[-1], 0)
-    return L2_FALLBACK
+    return fallback
