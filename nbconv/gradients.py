@@ -31,12 +31,11 @@ from nbconv.call import (
     host_array,
     is_device_array,
     standardization_args,
-    to_caller_layout,
     to_columns,
-    to_kernel_layout,
     validate,
 )
 from nbconv.cpu import weight_grad
+from nbconv.cpu.layout import to_caller_layout, to_kernel_layout
 from nbconv.dispatch import choose_backend, cuda_module, device_views
 from nbconv.dtypes import check_real, conv_dtypes
 from nbconv.lifting import Lift

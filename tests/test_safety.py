@@ -145,6 +145,10 @@ nbconv.config.CPU_KERNEL = {kernel!r}
 layer = nbconv.ScaledWSConv3d((3, 5, 7, 8), 8, 3, groups=4)
 x = CASES[0][0]
 right = np.allclose(layer(x), conv3d_reference(x, layer.kernel(), groups=4), rtol=1e-4, atol=1e-4)
+# channels first: the layout moves (nbconv.cpu.layout), 8 x 8 blocks of the 24-channel result
+x, w, _ = CASES[1]
+right &= np.allclose(nbconv.conv3d(np.moveaxis(x, -1, 1).copy(), w, channel_first=True), np.moveaxis(WANT[1], -1, 1),
+                     rtol=1e-4, atol=1e-4)
 # the weight gradient's kernel (nbconv.cpu.weight_grad), transposed and folded rows
 from nbconv.reference import conv3d_vjp_reference
 for x, w, _ in CASES[1:]:

@@ -3,8 +3,9 @@ into the kernels' layout, the kernel, and the result back in the caller's layout
 import numpy as np
 
 from nbconv import buffers
-from nbconv.call import ConvCall, to_caller_layout, to_kernel_layout
+from nbconv.call import ConvCall
 from nbconv.cpu import conv, standardize
+from nbconv.cpu.layout import to_caller_layout, to_kernel_layout
 
 
 def convolve(call: ConvCall, x: np.ndarray, w: np.ndarray, bias, out) -> np.ndarray:
@@ -18,7 +19,8 @@ def convolve(call: ConvCall, x: np.ndarray, w: np.ndarray, bias, out) -> np.ndar
     # Write straight into `out` when it already has the kernel's layout and dtype.
     direct = out is not None and not call.channel_first and out.dtype == compute
     y = out.reshape(geometry.out_shape) if direct else buffers.empty(geometry.out_shape, compute)
-    conv.compute(x5, w, bias, geometry, y)
+    final = direct or (out is None and not call.channel_first and compute == call.result_dtype)
+    conv.compute(x5, w, bias, geometry, y, final)
     return out if direct else to_caller_layout(y, call, out)
 
 

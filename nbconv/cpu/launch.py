@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import cfunc, prange, types
 from numba.core import cgutils
@@ -41,6 +42,18 @@ def entry_point(function, dtype):
 def address(entry):
     """What `run` takes for an entry point (the Python function under NUMBA_DISABLE_JIT)."""
     return getattr(entry, "address", entry)
+
+
+# The tap tables' place in the arguments of a copy, which reads none (read-only, as the kernels'
+# are, so that the loop's argument types are theirs and it compiles once for all).
+_NO_TABLE = np.zeros((1, 1), np.int64)
+_NO_TABLE.flags.writeable = False
+
+
+def copy_arrays(source, target, meta):
+    """The arguments of a copy's entry (`regroup`, `layout`) from `source` into `target`, 5-D arrays,
+    in the kernels' places: (x, 2 unused, out, 3 tables, the task counter, meta)."""
+    return source, target, target, target, _NO_TABLE, _NO_TABLE, _NO_TABLE, np.zeros(3, np.int64), meta
 
 
 def run_tasks(entry, workers, arrays, n_tasks, flops):

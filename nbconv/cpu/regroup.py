@@ -15,11 +15,6 @@ from nbconv import buffers
 from nbconv.cpu import launch
 from nbconv.cpu.tasks import claim
 
-# The tap tables' place in the arguments of the shared loop, which the copy does not read (read-only,
-# as the kernels' are, so that the loop's argument types are theirs and it compiles once for all).
-_NO_TABLE = np.zeros((1, 1), np.int64)
-_NO_TABLE.flags.writeable = False
-
 
 def group_inputs(x, units, per_unit):
     """x (N, D, H, W, Cin) with each unit's input channels in a volume of its own, (N * units, D, H, W,
@@ -31,8 +26,7 @@ def group_inputs(x, units, per_unit):
     workers = min(get_num_threads(), rows)
     meta = np.array((workers, rows, d * h, w, units, per_unit, cin // (units * per_unit)), np.int64)
     meta.flags.writeable = False
-    # 5-D arrays and read-only tables and meta, as the kernels' (`blocked.run`)
-    arrays = (x, out, out, out, _NO_TABLE, _NO_TABLE, _NO_TABLE, np.zeros(3, np.int64), meta)
+    arrays = launch.copy_arrays(x, out, meta)  # 5-D arrays and read-only meta, as the kernels' (`blocked.run`)
     # (the elements copied stand for the work that sizes Ctrl-C slices: one launch below 5e8)
     launch.run_tasks(launch.address(_entry(np.dtype(x.dtype))), workers, arrays, rows, x.size)
     return out
