@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
+from numba import get_num_threads
 
-from nbconv import cpu
+from nbconv import buffers, cpu
 from nbconv.call import (
     Array,
     Ints,
@@ -41,6 +42,10 @@ from nbconv.dtypes import check_real, conv_dtypes
 from nbconv.lifting import Lift
 
 WRT = ("x", "w", "bias")
+# A 1-D call's dw runs as segments along W (`_as_segments`): at least SEGMENT_POSITIONS outputs each,
+# SEGMENT_TASKS a thread where the signal is that long.
+SEGMENT_POSITIONS = 1024
+SEGMENT_TASKS = 4
 
 
 def conv3d_vjp(x: Array, w: Array, dy: Array, *, stride: Ints = 1, padding: Padding = "SAME",
@@ -185,6 +190,9 @@ def _dw(x5, dy5, geometry):
     if geometry.flops == 0:
         return np.zeros((*geometry.kernel, geometry.in_channels // geometry.groups, geometry.out_channels), x5.dtype)
     if weight_grad.usable(geometry, x5.dtype):
+        segments = _as_segments(x5, dy5, geometry)
+        if segments is not None:
+            return weight_grad.weight_gradient(*segments)
         if geometry.in_spatial[0] == geometry.kernel[0] == 1 and geometry.pads[0] == (0, 0):  # one plane
             planar = _rows_as_planes(geometry)
             dw = weight_grad.weight_gradient(_rows_as_planes_view(x5), _rows_as_planes_view(dy5), planar)
@@ -200,6 +208,43 @@ def _dw(x5, dy5, geometry):
     per_input = _run(volumes, taps, stride=geometry.rhs_dilation, padding=pads,
                      lhs_dilation=geometry.lhs_dilation, rhs_dilation=geometry.stride, groups=groups)
     return np.moveaxis(per_input, 0, 3)  # (Cin / groups, KD, KH, KW, Cout) -> w's layout
+
+
+def _as_segments(x5, dy5, geometry):
+    """Return a 1-D call's (x, dy, geometry) as a batch of segments along W with the same dw, or None.
+
+    SEGMENT_TASKS segments a thread, of SEGMENT_POSITIONS outputs or more; None where the call is not
+    1-D with stride and input dilation 1 along W, has enough samples, or has too few outputs. The
+    weight-gradient kernel splits its tasks by planes, and a signal is one: temporal_1d's dw ran on
+    one thread. Segment s is the outputs s * L ... s * L + L - 1 and the padded inputs they read
+    (`span` - 1 more), copied; the last is filled up with outputs of zero dy. Those read the last
+    span - 1 padded inputs too, so x must be finite there (0 * Inf is NaN where JAX forms no product).
+    """
+    n, _, _, w, cin = x5.shape
+    (_, _, ow), (lo, hi) = geometry.out_spatial, geometry.pads[2]
+    one_d = geometry.in_spatial[:2] == geometry.kernel[:2] == (1, 1) and geometry.pads[:2] == ((0, 0),) * 2
+    count = min(-(-SEGMENT_TASKS * get_num_threads() // n), ow // SEGMENT_POSITIONS)
+    if not one_d or geometry.stride[2] != 1 or geometry.lhs_dilation[2] != 1 or count < 2:
+        return None
+    # Down to half as many segments where that many split the outputs evenly: dy is then a view.
+    count = max((c for c in range(max(2, count // 2), count + 1) if ow % c == 0), default=count)
+    length, span, signal = -(-ow // count), w + lo + hi - ow + 1, x5.reshape(n, w, cin)
+    first, end = max(0, -lo), min(w, w + hi)  # the inputs inside the pads (at i + lo once padded)
+    if not np.isfinite(signal[:, max(first, ow - lo):end]).all():
+        return None
+    windows = buffers.empty((n, count, length + span - 1, cin), x5.dtype)
+    for segment, window in enumerate(windows.swapaxes(0, 1)):
+        start = segment * length - lo  # the input at the window's first place
+        inside = range(max(start, first), max(min(start + window.shape[1], end), max(start, first)))
+        window[:, :inside.start - start] = 0
+        window[:, inside.start - start:inside.stop - start] = signal[:, inside.start:inside.stop]
+        window[:, inside.stop - start:] = 0
+    cotangents = dy5.reshape(n, ow, -1)
+    if count * length > ow:
+        cotangents = np.concatenate((cotangents, np.zeros((n, count * length - ow, dy5.shape[-1]), dy5.dtype)), 1)
+    pieces = replace(geometry, batch=n * count, in_spatial=(1, 1, length + span - 1), pads=((0, 0),) * 3)
+    return (windows.reshape(n * count, 1, 1, length + span - 1, cin),
+            cotangents.reshape(n * count, 1, 1, length, -1), pieces)
 
 
 def _rows_as_planes(geometry):
