@@ -217,10 +217,12 @@ def _as_segments(x5, dy5, geometry):
     1-D with stride and input dilation 1 along W, has enough samples, or has too few outputs. The
     weight-gradient kernel splits its tasks by planes, and a signal is one: temporal_1d's dw ran on
     one thread. Segment s is the outputs s * L ... s * L + L - 1 and the padded inputs they read
-    (`span` - 1 more), copied; the last is filled up with outputs of zero dy. Those read the last
-    span - 1 padded inputs too, so x must be finite there (0 * Inf is NaN where JAX forms no product).
+    (`span` - 1 more), copied, so None too where that copies x more than twice over (a long dilated
+    kernel). JAX forms no product with padding, but a segment's padding is zeros in its copy: so dy
+    must be finite where taps fall on padding (as for the kernel's folded rows), and, where the last
+    segment is filled up with outputs of zero dy, x where they read it (0 * Inf is NaN).
     """
-    n, _, _, w, cin = x5.shape
+    n, _, _, width, cin = x5.shape
     (_, _, ow), (lo, hi) = geometry.out_spatial, geometry.pads[2]
     one_d = geometry.in_spatial[:2] == geometry.kernel[:2] == (1, 1) and geometry.pads[:2] == ((0, 0),) * 2
     count = min(-(-SEGMENT_TASKS * get_num_threads() // n), ow // SEGMENT_POSITIONS)
@@ -228,9 +230,10 @@ def _as_segments(x5, dy5, geometry):
         return None
     # Down to half as many segments where that many split the outputs evenly: dy is then a view.
     count = max((c for c in range(max(2, count // 2), count + 1) if ow % c == 0), default=count)
-    length, span, signal = -(-ow // count), w + lo + hi - ow + 1, x5.reshape(n, w, cin)
-    first, end = max(0, -lo), min(w, w + hi)  # the inputs inside the pads (at i + lo once padded)
-    if not np.isfinite(signal[:, max(first, ow - lo):end]).all():
+    length, span, signal = -(-ow // count), width + lo + hi - ow + 1, x5.reshape(n, width, cin)
+    first, end = max(0, -lo), min(width, width + hi)  # the inputs inside the pads (at i + lo once padded)
+    if span - 1 > length or not weight_grad.finite_at_w_edges(dy5, geometry) or (
+            count * length > ow and not np.isfinite(signal[:, max(first, ow - lo):end]).all()):
         return None
     windows = buffers.empty((n, count, length + span - 1, cin), x5.dtype)
     for segment, window in enumerate(windows.swapaxes(0, 1)):

@@ -343,7 +343,7 @@ def test_blocked_large_result_stores(monkeypatch, tiny_l2, dtype, groups, cin_g,
     unit_bytes = groups * cout_g // blocking.units * out.itemsize
     block_bytes = unit_bytes if blocking.blocks == 1 else blocking.vectors * blocked.lanes(dtype) * out.itemsize
     whole_lines = unit_bytes % 64 == 0 and block_bytes % 64 == 0
-    assert blocked._store_mode(out, blocking) == (emitter.STREAMED if aligned and whole_lines
+    assert blocked._store_mode(out, blocking, True) == (emitter.STREAMED if aligned and whole_lines
                                                   else emitter.PREFETCHED)
     with forced_kernel("blocked"):
         got = nbconv.conv3d(x, w, groups=groups, padding="SAME", backend=BACKEND, out=out)

@@ -147,7 +147,7 @@ def test_weight_gradient_of_few_input_channels_folds_w_taps(x_shape, w_shape, op
     for edge in (False, True):
         if edge:
             dy[0, 1, 1, 0, 0] = np.inf  # ow = 0: a W tap on the padding
-            assert not weight_grad._finite_at_w_edges(dy, geometry)
+            assert not weight_grad.finite_at_w_edges(dy, geometry)
         dw = nbconv.conv3d_vjp(x, w, dy, wrt="w", **options)[1]
         want = lax_vjp(x, w, dy, **options)[1]
         finite = np.isfinite(want)
@@ -386,23 +386,25 @@ def test_family_layer_vjp_matches_brainstate(index):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("batch, padding, rhs_dilation, groups, dtype", [
-    (1, (1, 1), 1, 1, np.float32), (1, (300, -200), 2, 1, np.float64), (2, (-1500, 2000), 1, 4, np.float32),
-    (3, (0, 0), 3, 8, np.float64)])
-def test_a_long_signals_dw_runs_in_segments(batch, padding, rhs_dilation, groups, dtype, monkeypatch):
+@pytest.mark.parametrize("batch, width, padding, rhs_dilation, groups, dtype", [
+    (1, 4100, (1, 1), 1, 1, np.float32), (1, 4099, (300, -200), 2, 1, np.float64),
+    (2, 4100, (-1500, 2000), 1, 4, np.float32), (3, 4097, (0, 0), 3, 8, np.float64)])
+def test_a_long_signals_dw_runs_in_segments(batch, width, padding, rhs_dilation, groups, dtype, monkeypatch):
     """A 1-D call's dw runs as a batch of segments along W (`gradients._as_segments`), so that the
-    threads share it: the reference's dw within its bound, across every cut, crop and pad."""
+    threads share it: the reference's dw within its bound, across every cut, crop and pad, and where
+    the last segment is filled up with outputs of zero cotangent."""
     from nbconv import gradients
     cuts = []
     real = gradients._as_segments
     monkeypatch.setattr(gradients, "_as_segments", lambda *args: cuts.append(real(*args)) or cuts[-1])
     rng = np.random.default_rng(batch)
-    x = rng.standard_normal((batch, 4100, 8)).astype(dtype)
+    x = rng.standard_normal((batch, width, 8)).astype(dtype)
     w = rng.standard_normal((3, 8 // groups, 8)).astype(dtype)
     options = dict(padding=[padding], rhs_dilation=rhs_dilation, groups=groups)
     dy = rng.standard_normal(nbconv.conv1d(x, w, backend="cpu", **options).shape).astype(dtype)
     dw = nbconv.conv1d_vjp(x, w, dy, wrt="w", backend="cpu", **options)[1]
     assert cuts[-1] is not None and cuts[-1][2].batch > batch
+    assert cuts[-1][1].size > dy.size or width != 4099  # 4195 outputs: no count of segments splits them evenly
     lifted = dict(padding=[(0, 0), (0, 0), padding], rhs_dilation=(1, 1, rhs_dilation), groups=groups,
                   channel_first=False)
     x3, w3, dy3 = x[:, None, None], w[None, None], dy[:, None, None]
@@ -411,18 +413,24 @@ def test_a_long_signals_dw_runs_in_segments(batch, padding, rhs_dilation, groups
     assert np.all(np.abs(dw - want) <= bound)
 
 
-def test_an_inf_that_segments_would_make_nan_keeps_one_plane():
-    """The last segment's outputs of zero cotangent read the signal's last inputs: with an Inf there,
-    0 * Inf would be NaN where JAX forms no product, so that call's dw runs whole, as JAX's."""
+@pytest.mark.parametrize("where", ["x at the end", "dy at a padded edge"])
+def test_an_inf_that_segments_would_make_nan_keeps_one_plane(where):
+    """A segment's padding is zeros in its copy of x, and the last segment is filled up with outputs of
+    zero cotangent that read the signal's last inputs: an Inf in dy where taps fall on padding, or in
+    x where those outputs read it, would make NaN (0 * Inf) where JAX forms no product. Such a call's
+    dw runs whole, as JAX's."""
     from nbconv import gradients
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 4100, 8))
+    x = rng.standard_normal((1, 4097, 8))
     w = rng.standard_normal((3, 8, 8))
-    dy = rng.standard_normal((1, 4100, 8))
-    x[0, -1, 2] = np.inf
-    assert gradients._as_segments(x[:, None, None], dy[:, None, None], conv_geometry(
-        (1, 1, 1, 4100, 8), (1, 1, 3, 8, 8), stride=1, padding="SAME", lhs_dilation=1, rhs_dilation=1, groups=1,
-        channel_first=False)) is None
+    dy = rng.standard_normal((1, 4097, 8))
+    if where == "x at the end":
+        x[0, -1, 2] = np.inf
+    else:
+        dy[0, 0, 3] = np.inf
+    geometry = conv_geometry((1, 1, 1, 4097, 8), (1, 1, 3, 8, 8), stride=1, padding="SAME", lhs_dilation=1,
+                             rhs_dilation=1, groups=1, channel_first=False)
+    assert gradients._as_segments(x[:, None, None], dy[:, None, None], geometry) is None
     dw = nbconv.conv1d_vjp(x, w, dy, wrt="w", backend="cpu")[1]
     want = conv3d_vjp_reference(x[:, None, None], w[None, None], dy[:, None, None])[1][0, 0]
     np.testing.assert_array_equal(np.isnan(dw), np.isnan(want))

@@ -38,6 +38,8 @@ def families(target):
     V = 1 .. the most), packed groups (K = 2, 4 with G channels each), input phases (D > 1) and
     whole-vector inputs (K = LANES, up to `whole_vectors`, with the sliding window or held weights), and
     the weight gradient's units of packed groups (16 vectors, a few at a time)."""
+    from nbconv.cpu.target import MOST_WHOLE_VECTORS
+
     for dtype in ("float32", "float64"):
         lanes = target.lanes(dtype)
         for v in range(1, target.max_vectors + 1):
@@ -51,7 +53,7 @@ def families(target):
         yield dtype, 1, lanes, 1, 2 * lanes  # one output channel in LANES input phases (groups = 1)
         yield dtype, min(2, target.max_vectors), 1, 1, 3  # K = 1 stepping 3 elements (weight_grad's folded rows)
         yield dtype, 1, lanes, 1, 1
-        yield dtype, target.whole_vectors(27), lanes, 1, 1  # (a 3x3x3 kernel in a 32 KiB L1)
+        yield dtype, MOST_WHOLE_VECTORS, lanes, 1, 1  # the widest unit any layer gets
         yield dtype, 16, max(2, lanes // 4), min(4, lanes // 2), 1  # the weight gradient's units of 16 vectors
 
 

@@ -89,7 +89,7 @@ def spread_for(geometry, dtype):
     return max(k for k in range(1, width // cout_g + 1) if k & (k - 1) == 0 and cin_g % k == 0)
 
 
-def run(x, w, bias, geometry, tables, out, final=True):
+def run(x, w, bias, geometry, tables, out, final):
     """Fill `out` with conv(x, w) + bias on the register-blocked micro-kernels (channels-last arrays);
     `final`: whether `out` is what the caller gets (`conv.compute`)."""
     blocking, weight_index, bias_index = _packing(geometry, x.dtype)
@@ -102,7 +102,7 @@ def run(x, w, bias, geometry, tables, out, final=True):
     launch.run_tasks(entry, workers, arrays, meta[0], geometry.valid_flops)
 
 
-def _store_mode(out, blocking, final=True):
+def _store_mode(out, blocking, final):
     """How the micro-kernel stores `out` (`emitter.CACHED`...): see PREFETCH_OUT_BYTES. Never streamed
     where nbconv reads it back at once (not `final`): a channels-first call's result, moved from the
     caches, ran 1.3x faster than from memory (a 1.6 MB image, at d97e316)."""
@@ -159,7 +159,8 @@ def _blocking(geometry, dtype):
         # pixel and vector needs a register for its broadcast inputs, and beside 24 accumulators 4
         # vectors spill where 2 do not.
         per_vector = 1 if phases > 1 else k
-        most = TARGET.whole_vectors(prod(geometry.kernel)) if k == width else min(2, TARGET.max_vectors)
+        steps = prod(geometry.kernel) * cin_g // phases  # a vector's weights
+        most = TARGET.whole_vectors(steps) if k == width else min(2, TARGET.max_vectors)
         vectors = max(v for v in range(most, 0, -1) if (groups // per_vector) % v == 0)
     # Residue classes along H and W: rows fall into them as pixels do (input dilation alternates their taps).
     q_h, q = (lhs // gcd(stride, lhs) for stride, lhs in zip(geometry.stride[1:], geometry.lhs_dilation[1:]))

@@ -6,7 +6,7 @@ from nbconv.cpu import blocked, direct, threads
 from nbconv.cpu.tasks import in_slices
 
 
-def _loop_nest(x, w, bias, geometry, tables, out, final):  # (its stores are plain wherever `final`)
+def _loop_nest(x, w, bias, geometry, tables, out, final):  # (`final` unused: its stores are always plain)
     # Its rows are split into equal prange shares up front, so a worker still asleep would hold the
     # call back (`threads`); the blocked kernel's threads claim their tasks as they go and need no wake.
     threads.wake()
@@ -19,7 +19,7 @@ def _loop_nest(x, w, bias, geometry, tables, out, final):  # (its stores are pla
 KERNELS = {"blocked": blocked.run, "grouped": _loop_nest}
 
 
-def compute(x, w, bias, geometry, out, final=True):
+def compute(x, w, bias, geometry, out, final):
     """Fill `out` (N, D', H', W', Cout) with conv(x, w) + bias; all arrays channels-last, C-contiguous,
     of one float dtype. `final`: whether `out` is what the caller gets, not an array that nbconv reads
     back at once (into the caller's layout or dtype), which decides how the kernel stores it."""

@@ -192,7 +192,7 @@ class Emitter:
     def together(self, n_vec, per_vector):
         """Vectors reduced in one pass: all of them where they share their inputs. Vectors of
         whole-vector inputs (K = LANES) are independent, and a unit may have more of them than the
-        registers hold at P pixels (a depthwise unit spans up to `target.WHOLE_VECTOR_BYTES` of
+        registers hold at P pixels (a depthwise unit spans at least `target.WHOLE_VECTOR_BYTES` of
         channels, so that its taps merge): as many as leave `per_vector` registers to each (P
         accumulators and a weight; a sliding window P more; or the weights of `held` steps) beside
         one input (and, without FMA, the product), and divide n_vec. So are vectors of K < LANES groups

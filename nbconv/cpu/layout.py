@@ -5,7 +5,7 @@ NumPy copies a moved axis one value at a time in the order of the result, jumpin
 source: (2, 64, 16, 32, 32) float32 (8 MB) took 6 ms to move, a tenth of dense_c64's convolution, and
 a 1.6 MB image 0.23-0.42 ms, twice the depthwise convolution of it. Here each sample's (R, Q) matrix
 becomes (Q, R) in blocks of 8 x 8 values, 8 rows loaded whole, transposed in registers and stored
-whole (`_block`), in tiles that stay in L1; the threads claim tiles as the kernels claim their tasks,
+whole (`_block`), tile by tile (64 x 64 values); the threads claim tiles as the kernels claim their tasks,
 through the parallel loop that every kernel shares (`launch.run`, as `regroup`).
 """
 from functools import cache
@@ -21,7 +21,7 @@ from nbconv.cpu.tasks import claim
 
 # Values a side of a block transposed in registers: 8 float32 fill an AVX2 register, 8 float64 two.
 BLOCK = 8
-# A tile (a task) is up to TILE x TILE values: 32 KB of float64 read and written, in L1 and L2.
+# A tile (a task) is up to TILE x TILE values: 32 KB of float64 read and 32 KB written.
 TILE = 64
 
 

@@ -52,14 +52,16 @@ class Blocking(NamedTuple):
     held_pixels: dict = None
 
 
-# A unit of whole-vector inputs (depthwise, K = LANES) spans up to this many bytes of channels, however
-# many vectors that takes, reduced a few vectors at a time (`emitter.Emitter.together`): where a unit
-# holds all the channels, the taps of a stride-1 row continue in x and merge, their inputs loaded once,
-# and x needs no copy into a volume per unit. More where the unit's packed weights still fit one core's
-# L1 data cache, which every block of pixels reads them from (`whole_vectors`): the 96 to 960 channels
-# of a 3x3 or 5x5 layer are then one unit, those of a 5x5x5 layer (48 KB of weights) two
-# (docs/design.md).
+# A unit of whole-vector inputs (depthwise, K = LANES) spans at least this many bytes of channels,
+# however many vectors that takes, reduced a few vectors at a time (`emitter.Emitter.together`): where a
+# unit holds all the channels, the taps of a stride-1 row continue in x and merge, their inputs loaded
+# once, and x needs no copy into a volume per unit. More where the unit's packed weights still fit one
+# core's L1 data cache, which every block of pixels reads them from (`whole_vectors`), up to
+# MOST_WHOLE_VECTORS: each count compiles a micro-kernel of its own, of a size that grows with it. With
+# a 32 KiB L1 and AVX-512, the 96 channels of a 3x3 or 5x5 layer are one unit, those of a 5x5x5 layer
+# (48 KB of weights) two (docs/design.md).
 WHOLE_VECTOR_BYTES = 256
+MOST_WHOLE_VECTORS = 64
 
 # (architecture, vector registers, FMA) -> Blocking: one row per register file, as BLIS keeps one
 # block-size table per configuration.
@@ -129,9 +131,11 @@ class Target(NamedTuple):
         """Most vectors of one micro-kernel call whose inputs are shared (broadcast)."""
         return max(self.blocking.pixels)
 
-    def whole_vectors(self, taps):
-        """Most vectors of one micro-kernel call of whole-vector inputs, for a kernel of `taps` taps."""
-        return max(self.max_vectors, WHOLE_VECTOR_BYTES // self.vector_bytes, l1_bytes() // (taps * self.vector_bytes))
+    def whole_vectors(self, steps):
+        """Most vectors of one micro-kernel call of whole-vector inputs whose weights are `steps` vectors
+        each (taps x reduction steps)."""
+        floor = max(self.max_vectors, WHOLE_VECTOR_BYTES // self.vector_bytes)
+        return max(floor, min(MOST_WHOLE_VECTORS, l1_bytes() // (steps * self.vector_bytes)))
 
     def pixel_counts(self, vectors, whole=False, held=False):
         """Pixel counts of the micro-kernel bodies for `vectors` vectors (of whole-vector inputs:

@@ -113,7 +113,7 @@ def _lanes(geometry, dtype):
 def weight_gradient(x, dy, geometry):
     """dw (KD, KH, KW, Cin / groups, Cout) of the convolution `geometry` of x (N, D, H, W, Cin) with the
     cotangent dy (N, OD, OH, OW, Cout); both channels-last, C-contiguous, of one float dtype."""
-    folded = _foldable(geometry, x.dtype) and _finite_at_w_edges(dy, geometry)
+    folded = _foldable(geometry, x.dtype) and finite_at_w_edges(dy, geometry)
     entry, workers, meta, w_table, (x_layout, dy_layout, (bias, rings)) = _launch_args(
         geometry, x.dtype, get_num_threads(), folded)
     n, d, h, w, cin = x.shape
@@ -150,7 +150,7 @@ def _foldable(geometry, dtype):
     return geometry.stride[2] == 1
 
 
-def _finite_at_w_edges(dy, geometry):
+def finite_at_w_edges(dy, geometry):
     """Whether dy is finite where folded rows would multiply it by their zero padding (the positions
     with a W tap on padding): there 0 * dy is 0 and the sums are exact; an Inf or NaN would make NaN
     where JAX forms no product, so such a dy takes transposed rows."""
