@@ -20,8 +20,11 @@ brainstate = pytest.importorskip("brainstate")  # imported before x64 is switche
 jnp = jax.numpy
 lax = jax.lax
 nbjax = pytest.importorskip("nbconv.jax")
-LAYOUTS = [("NDHWC", "DHWIO", "NDHWC"), ("NCDHW", "OIDHW", "NCDHW"), ("NCDHW", "DHWIO", "NDHWC"),
-           ("DHWNC", "IODHW", "CDHWN")]
+# Per count of spatial axes: channels-last, channels-first, mixed and scrambled layouts.
+LAYOUTS = {3: [("NDHWC", "DHWIO", "NDHWC"), ("NCDHW", "OIDHW", "NCDHW"), ("NCDHW", "DHWIO", "NDHWC"),
+               ("DHWNC", "IODHW", "CDHWN")],
+           2: [("NHWC", "HWIO", "NHWC"), ("NCHW", "OIHW", "NCHW"), ("HWNC", "IOHW", "CHWN")],
+           1: [("NWC", "WIO", "NWC"), ("NCW", "OIW", "NCW"), ("WNC", "IOW", "NWC")]}
 
 
 @pytest.fixture(autouse=True)
@@ -35,22 +38,25 @@ def x64():
 
 @st.composite
 def lax_problems(draw):
-    """lhs, rhs in one of LAYOUTS and conv_general_dilated's arguments, every form of padding."""
+    """lhs, rhs with 1-3 spatial axes in one of LAYOUTS and conv_general_dilated's arguments, every
+    form of padding."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    count = draw(st.sampled_from([3, 3, 2, 1]))
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
-    spatial = draw(st.lists(st.integers(1, 6), min_size=3, max_size=3))
-    kernel = draw(st.lists(st.integers(1, 3), min_size=3, max_size=3))
-    triple = st.lists(st.integers(1, 2), min_size=3, max_size=3).map(tuple)
+    spatial = draw(st.lists(st.integers(1, 6), min_size=count, max_size=count))
+    kernel = draw(st.lists(st.integers(1, 3), min_size=count, max_size=count))
+    triple = st.lists(st.integers(1, 2), min_size=count, max_size=count).map(tuple)
     lhs_dilation = draw(st.one_of(st.none(), triple))
-    pairs = st.lists(st.tuples(st.integers(-1, 2), st.integers(-1, 2)), min_size=3, max_size=3)
+    pairs = st.lists(st.tuples(st.integers(-1, 2), st.integers(-1, 2)), min_size=count, max_size=count)
     padding = draw(pairs if lhs_dilation and max(lhs_dilation) > 1 else st.one_of(
         st.sampled_from(["SAME", "VALID", "SAME_LOWER"]), pairs))
-    layout = draw(st.sampled_from(LAYOUTS))
+    layout = draw(st.sampled_from(LAYOUTS[count]))
+    axes = "DHW"[3 - count:]
     logical_x = rng.standard_normal((draw(st.integers(1, 2)), cin, *spatial))  # N, C, spatial
     logical_w = rng.standard_normal((cout, cin // groups, *kernel))  # O, I, spatial
-    lhs = np.transpose(logical_x, [("N", "C", "D", "H", "W").index(a) for a in layout[0]])
-    rhs = np.transpose(logical_w, [("O", "I", "D", "H", "W").index(a) for a in layout[1]])
+    lhs = np.transpose(logical_x, [("N", "C", *axes).index(a) for a in layout[0]])
+    rhs = np.transpose(logical_w, [("O", "I", *axes).index(a) for a in layout[1]])
     args = dict(window_strides=draw(triple), padding=padding, lhs_dilation=lhs_dilation,
                 rhs_dilation=draw(st.one_of(st.none(), triple)), dimension_numbers=layout,
                 feature_group_count=groups)
@@ -150,7 +156,8 @@ def test_only_the_gradients_asked_for_are_computed(argnums, wanted):
         assert f"wrt={wanted}" in jaxpr
 
 
-@pytest.mark.parametrize("case", ["batch_group_count", "int32", "mixed dtypes", "preferred_element_type", "2-D"])
+@pytest.mark.parametrize("case", ["batch_group_count", "int32", "mixed dtypes", "preferred_element_type",
+                                  "4 spatial axes"])
 def test_what_the_kernels_do_not_do_falls_back_to_lax(case):
     rng = np.random.default_rng(0)
     lhs, rhs = rng.standard_normal((2, 4, 5, 5, 5)), rng.standard_normal((4, 2, 3, 3, 3))
@@ -165,7 +172,7 @@ def test_what_the_kernels_do_not_do_falls_back_to_lax(case):
         lhs, rhs = lhs.astype(np.float32), rhs.astype(np.float32)
         args["preferred_element_type"] = np.float64
     else:
-        lhs, rhs, args["window_strides"] = lhs[:, :, 0], rhs[:, :, 0], (1, 1)
+        lhs, rhs, args["window_strides"] = lhs[..., None], rhs[..., None], (1, 1, 1, 1)
     try:
         want = lax.conv_general_dilated(lhs, rhs, **args)
     except Exception as err:  # the same error, from JAX itself
@@ -293,6 +300,35 @@ def test_layers_match_brainstate(kind, options):
                  got, want)
 
 
+FAMILY_OPTIONS = [
+    ("Conv1d", dict(in_size=(40, 4), out_channels=6, kernel_size=5, stride=2, padding=(4, 0), groups=2)),
+    ("ScaledWSConv1d", dict(in_size=(30, 3), out_channels=5, kernel_size=3, rhs_dilation=3, padding="VALID")),
+    ("Conv2d", dict(in_size=(9, 8, 4), out_channels=8, kernel_size=(3, 2), stride=(1, 2), padding=((1, 0), (2, 1)),
+                    groups=4)),
+    ("ScaledWSConv2d", dict(in_size=(7, 9, 6), out_channels=6, kernel_size=3, lhs_dilation=2, padding=1,
+                            channel_first=True)),
+]
+
+
+@pytest.mark.parametrize("kind, options", FAMILY_OPTIONS, ids=[kind for kind, _ in FAMILY_OPTIONS])
+def test_family_layers_match_brainstate(kind, options):
+    """The 1-D and 2-D layers run on the kernels (a 3-D view, `nbconv.lifting`): brainstate's outputs
+    and weight gradients within float32 rounding."""
+    jax.config.update("jax_enable_x64", False)
+    theirs, ours = _pair(kind, options, b_init=brainstate.nn.init.Normal())
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *options["in_size"])), jnp.float32)
+    assert "nbconv_convolution" in str(jax.make_jaxpr(ours)(x))
+    np.testing.assert_allclose(jax.jit(ours)(x), theirs(x), rtol=1e-4, atol=1e-4)
+
+    def loss(layer):
+        return lambda params, x: (layer._conv_op(x, params) ** 2).mean()
+
+    got = jax.jit(jax.grad(loss(ours)))(ours.weight.value, x)
+    want = jax.grad(loss(theirs))(theirs.weight.value, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max())),
+                 got, want)
+
+
 def test_layer_errors_are_brainstates():
     for bad in [dict(in_size=(4, 4, 4), out_channels=2, kernel_size=3),
                 dict(in_size=(4, 4, 4, 3), out_channels=2, kernel_size=3, groups=2),
@@ -313,14 +349,25 @@ def test_use_nbconv_switches_a_model_and_back():
     net = brainstate.nn.Sequential(brainstate.nn.Conv3d((6, 6, 6, 2), 4, 3), brainstate.nn.ReLU(),
                                    brainstate.nn.ScaledWSConv3d((6, 6, 6, 4), 3, 3))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 6, 6, 2)), jnp.float32)
-    before, states = net(x), [net.layers[i].weight for i in (0, 2)]
+    image = brainstate.nn.Sequential(brainstate.nn.Conv2d((6, 6, 2), 4, 3),
+                                     brainstate.nn.ScaledWSConv2d((6, 6, 4), 3, 3))
+    signal = brainstate.nn.Sequential(brainstate.nn.Conv1d((6, 2), 4, 3), brainstate.nn.ScaledWSConv1d((6, 4), 3, 3))
+    inputs = [x, x[:, 0], x[:, 0, 0]]
+    models = [net, image, signal]
+    before, states = [m(a) for m, a in zip(models, inputs)], [net.layers[i].weight for i in (0, 2)]
+    brainstates = [[type(m) for m in model.layers] for model in models]
     assert nbjax.use_nbconv(net) is net
     assert [type(m) for m in net.layers] == [nbjax.Conv3d, brainstate.nn.ReLU, nbjax.ScaledWSConv3d]
-    assert "nbconv_convolution" in str(jax.make_jaxpr(net.update)(x))
-    np.testing.assert_allclose(net(x), before, rtol=1e-5, atol=1e-5)
+    nbjax.use_nbconv(image), nbjax.use_nbconv(signal)
+    assert [type(m) for m in image.layers + signal.layers] == [nbjax.Conv2d, nbjax.ScaledWSConv2d, nbjax.Conv1d,
+                                                                 nbjax.ScaledWSConv1d]
+    for model, a, want in zip(models, inputs, before):
+        assert "nbconv_convolution" in str(jax.make_jaxpr(model.update)(a))
+        np.testing.assert_allclose(model(a), want, rtol=1e-5, atol=1e-5)
     assert all(net.layers[i].weight is state for i, state in zip((0, 2), states))  # the same ParamStates
-    nbjax.use_nbconv(net, enable=False)
-    assert [type(m) for m in net.layers] == [brainstate.nn.Conv3d, brainstate.nn.ReLU, brainstate.nn.ScaledWSConv3d]
+    for model in models:
+        nbjax.use_nbconv(model, enable=False)
+    assert [[type(m) for m in model.layers] for model in models] == brainstates
 
 
 def test_another_default_backend_runs_on_lax(monkeypatch):
@@ -331,7 +378,7 @@ def test_another_default_backend_runs_on_lax(monkeypatch):
     ours = lambda a: nbjax.conv3d(a, w, padding="SAME", lhs_dilation=2, bias=np.arange(4.0))  # noqa: E731
     assert "nbconv" not in str(jax.make_jaxpr(ours)(x))
     assert_conv_close(ours(x), x, w, padding="SAME", lhs_dilation=2, bias=np.arange(4.0))
-    lax_conv = lambda a: nbjax.conv_general_dilated(a, w, (1, 1, 1), "SAME", dimension_numbers=LAYOUTS[0])  # noqa
+    lax_conv = lambda a: nbjax.conv_general_dilated(a, w, (1, 1, 1), "SAME", dimension_numbers=LAYOUTS[3][0])  # noqa
     assert "nbconv" not in str(jax.make_jaxpr(lax_conv)(x))
 
 

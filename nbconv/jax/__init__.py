@@ -1,14 +1,14 @@
 """nbconv's kernels inside JAX programs (``pip install 'nbconv[jax]'``), imported only when used.
 
-`conv_general_dilated` and `conv3d` take JAX arrays and work under ``jax.jit``, ``jax.grad``,
-``jax.vmap`` and ``jax.lax.scan``. `Conv3d` and `ScaledWSConv3d` are brainstate modules whose
-convolution runs on nbconv, and `use_nbconv` switches an existing brainstate model over; they
-import brainstate when first used (docs/jax.md).
+`conv_general_dilated` (1-3 spatial axes) and `conv3d` take JAX arrays and work under ``jax.jit``,
+``jax.grad``, ``jax.vmap`` and ``jax.lax.scan``. `Conv1d`, `Conv2d`, `Conv3d` and their
+``ScaledWS`` forms are brainstate modules whose convolution runs on nbconv, and `use_nbconv` switches
+an existing brainstate model over; they import brainstate when first used (docs/jax.md).
 """
 from nbconv.jax.functional import conv3d, conv_general_dilated
 
-__all__ = ["conv_general_dilated", "conv3d", "Conv3d", "ScaledWSConv3d", "use_nbconv"]
-_BRAINSTATE = ("Conv3d", "ScaledWSConv3d", "use_nbconv")
+_BRAINSTATE = ("Conv1d", "Conv2d", "Conv3d", "ScaledWSConv1d", "ScaledWSConv2d", "ScaledWSConv3d", "use_nbconv")
+__all__ = ["conv_general_dilated", "conv3d", *_BRAINSTATE]
 
 
 def __getattr__(name):

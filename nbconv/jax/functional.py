@@ -13,6 +13,7 @@ from jax import lax
 
 from nbconv.call import Array, Ints, Padding, validate
 from nbconv.jax.convolution import convolve
+from nbconv.lifting import Lift
 
 # The dtypes the kernels compute in; the others fall back to XLA (conv_general_dilated) or are
 # computed in float32 (conv3d's float16 and bfloat16).
@@ -23,16 +24,17 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Ints, padding: 
                          lhs_dilation: Ints | None = None, rhs_dilation: Ints | None = None,
                          dimension_numbers=None, feature_group_count: int = 1, batch_group_count: int = 1,
                          precision=None, preferred_element_type=None) -> jax.Array:
-    """``jax.lax.conv_general_dilated`` with 3 spatial axes, computed by nbconv's CPU kernels.
+    """``jax.lax.conv_general_dilated`` with 1, 2 or 3 spatial axes, computed by nbconv's CPU kernels.
 
     The same signature, results, errors and dtype rules as ``jax.lax.conv_general_dilated``, under
     ``jax.jit``, ``jax.grad`` / ``jax.vjp``, ``jax.vmap`` and ``jax.lax.scan``. Every layout that
-    ``dimension_numbers`` can name is taken: NDHWC / DHWIO runs without a copy, the others through
-    XLA transposes. The kernels compute every product exactly in the operands' dtype, so
+    ``dimension_numbers`` can name is taken: channels-last ones (NWC / WIO, NHWC / HWIO, NDHWC /
+    DHWIO) run without a copy, the others through XLA transposes; 1-D and 2-D calls run as 3-D ones
+    with unit axes (`nbconv.lifting`). The kernels compute every product exactly in the operands' dtype, so
     ``precision`` (which asks XLA for at least some precision) needs nothing more.
 
     Where the kernels do not apply, this is ``jax.lax.conv_general_dilated`` itself, with the
-    same arguments: ``lhs`` of another rank than 5, ``batch_group_count > 1``, dtypes other than
+    same arguments: ``lhs`` of rank 6 or more, ``batch_group_count > 1``, dtypes other than
     float32 and float64 (integers, complex, float16, bfloat16) or ``lhs`` and ``rhs`` of different
     dtypes (JAX's own error), a ``preferred_element_type`` other than the operands' dtype, or a
     default JAX backend other than the CPU.
@@ -63,13 +65,13 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Ints, padding: 
     if not _runs_on_kernels(lhs, rhs, batch_group_count, preferred_element_type):
         return lax.conv_general_dilated(lhs, rhs, *lax_args)
     plan = _planned(lhs, rhs, lax_args)
-    x = _transpose(lhs, plan.lhs_order)
-    w = _transpose(rhs, plan.rhs_order)
-    return _transpose(convolve(x, w, None, plan.options), plan.out_order)
+    x = _transpose(lhs, plan.lhs_order).reshape(plan.lifted[0])
+    w = _transpose(rhs, plan.rhs_order).reshape(plan.lifted[1])
+    return _transpose(convolve(x, w, None, plan.options).reshape(plan.lifted[2]), plan.out_order)
 
 
 def _runs_on_kernels(lhs, rhs, batch_group_count, preferred_element_type):
-    return (lhs.ndim == 5 and batch_group_count == 1 and lhs.dtype == rhs.dtype and lhs.dtype in NATIVE
+    return (3 <= lhs.ndim <= 5 and batch_group_count == 1 and lhs.dtype == rhs.dtype and lhs.dtype in NATIVE
             and (preferred_element_type is None or np.dtype(preferred_element_type) == lhs.dtype)
             and jax.default_backend() == "cpu")
 
@@ -112,37 +114,44 @@ def _key(value):
 class _Plan(NamedTuple):
     """How one conv_general_dilated call runs on the kernels.
 
-    The transposes into channels-last x and DHWIO w and out of the channels-last result (None where
-    none is needed), and the kernels' options.
+    The transposes into channels-last x and (D)HWIO w and out of the channels-last result (None where
+    none is needed); the shapes of x and w with 3 spatial axes and of the result with the caller's
+    (`nbconv.lifting`); and the kernels' options.
     """
 
     lhs_order: tuple | None
     rhs_order: tuple | None
     out_order: tuple | None
+    lifted: tuple
     options: tuple
 
 
 def _plan(lhs_shape, rhs_shape, dtype, lax_args):
     """Plan a call that JAX has checked."""
     (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, *_) = lax_args
+    count = len(lhs_shape) - 2  # spatial axes
     lhs_spec, rhs_spec, out_spec = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
-    lhs_order = (lhs_spec[0], *lhs_spec[2:], lhs_spec[1])  # -> N, D, H, W, C
-    rhs_order = (*rhs_spec[2:], rhs_spec[1], rhs_spec[0])  # -> D, H, W, I, O
+    lhs_order = (lhs_spec[0], *lhs_spec[2:], lhs_spec[1])  # -> N, (D, H,) W, C
+    rhs_order = (*rhs_spec[2:], rhs_spec[1], rhs_spec[0])  # -> (D, H,) W, I, O
     # The result's axis j holds the logical axis out_spec.index(j): batch, feature or spatial i,
-    # which the kernels' channels-last result holds at 0, 4 and 1 + i.
-    kernel_axis = (0, 4, 1, 2, 3)
-    out_order = tuple(kernel_axis[out_spec.index(j)] for j in range(5))
-    window_strides, lhs_dilation, rhs_dilation = (tuple(map(int, v)) if v is not None else (1, 1, 1)
+    # which the kernels' channels-last result holds at 0, count + 1 and 1 + i.
+    kernel_axis = (0, count + 1, *range(1, count + 1))
+    out_order = tuple(kernel_axis[out_spec.index(j)] for j in range(count + 2))
+    window_strides, lhs_dilation, rhs_dilation = (tuple(map(int, v)) if v is not None else (1,) * count
                                                   for v in (window_strides, lhs_dilation, rhs_dilation))
     if isinstance(padding, str):
         kernel = [(rhs_shape[axis] - 1) * r + 1 for axis, r in zip(rhs_spec[2:], rhs_dilation)]
         padding = lax.padtype_to_pads([lhs_shape[axis] for axis in lhs_spec[2:]], kernel, window_strides, padding)
-    call = validate(jax.ShapeDtypeStruct(tuple(lhs_shape[a] for a in lhs_order), dtype),
-                    jax.ShapeDtypeStruct(tuple(rhs_shape[a] for a in rhs_order), dtype), None,
-                    (window_strides, tuple((int(lo), int(hi)) for lo, hi in padding), lhs_dilation, rhs_dilation,
-                     int(feature_group_count), False))
-    return _Plan(*(None if order == tuple(range(5)) else order for order in (lhs_order, rhs_order, out_order)),
-                 options=_options(call.geometry))
+    lift = Lift(count, False)
+    x_shape, w_shape = (lift.image(tuple(lhs_shape[a] for a in lhs_order), True),
+                        lift.kernel(tuple(rhs_shape[a] for a in rhs_order)))
+    options = lift.options(window_strides, tuple((int(lo), int(hi)) for lo, hi in padding), lhs_dilation,
+                           rhs_dilation)
+    call = validate(jax.ShapeDtypeStruct(x_shape, dtype), jax.ShapeDtypeStruct(w_shape, dtype), None,
+                    (*options, int(feature_group_count), False))
+    orders = (None if order == tuple(range(count + 2)) else order for order in (lhs_order, rhs_order, out_order))
+    lifted = (x_shape, w_shape, lift.lower_image(call.result_shape, True))
+    return _Plan(*orders, lifted=lifted, options=_options(call.geometry))
 
 
 def _transpose(a, order):

@@ -1,4 +1,6 @@
-"""brainstate's ``Conv3d`` and ``ScaledWSConv3d`` with their convolution on nbconv's kernels.
+"""brainstate's convolution modules with their convolution on nbconv's kernels.
+
+``Conv1d``, ``Conv2d``, ``Conv3d`` and ``ScaledWSConv1d``/``2d``/``3d``.
 
 Each is a subclass of brainstate's module that changes only the call of
 ``jax.lax.conv_general_dilated`` into `nbconv.jax.conv_general_dilated`: the constructor, checks,
@@ -21,44 +23,73 @@ def _convolve(layer, x, w, params):
     return y + params["bias"] if "bias" in params else y
 
 
-# The classes add no attributes, so that `use_nbconv` can change the class of a built module.
+def _on_kernels(layer, x, params):
+    """``_conv_op`` of brainstate's convolution modules, on nbconv's kernels."""
+    return _convolve(layer, x, params["weight"], params)
+
+
+def _standardized_on_kernels(layer, x, params):
+    """``_conv_op`` of brainstate's weight-standardized modules: standardized in XLA, convolved here.
+
+    The weights are small: brainstate's own standardization of them costs little.
+    """
+    return _convolve(layer, x, weight_standardization(params["weight"], layer.eps, params.get("gain")), params)
+
+
+# The classes add no attributes (and have brainstate's class as their only base), so that `use_nbconv`
+# can change the class of a built module.
+
+class Conv1d(brainstate.nn.Conv1d):
+    """``brainstate.nn.Conv1d`` on nbconv's CPU kernels: its arguments, attributes and errors."""
+
+    _conv_op = _on_kernels
+
+
+class Conv2d(brainstate.nn.Conv2d):
+    """``brainstate.nn.Conv2d`` on nbconv's CPU kernels: its arguments, attributes and errors."""
+
+    _conv_op = _on_kernels
+
 
 class Conv3d(brainstate.nn.Conv3d):
-    """``brainstate.nn.Conv3d`` whose convolution runs on nbconv's CPU kernels.
+    """``brainstate.nn.Conv3d`` on nbconv's CPU kernels: its arguments, attributes and errors."""
 
-    The same arguments, attributes, parameters and errors as brainstate's module; see
-    ``brainstate.nn.Conv3d``.
-    """
+    _conv_op = _on_kernels
 
-    def _conv_op(self, x, params):
-        return _convolve(self, x, params["weight"], params)
+
+class ScaledWSConv1d(brainstate.nn.ScaledWSConv1d):
+    """``brainstate.nn.ScaledWSConv1d`` on nbconv's CPU kernels: its arguments, attributes and errors."""
+
+    _conv_op = _standardized_on_kernels
+
+
+class ScaledWSConv2d(brainstate.nn.ScaledWSConv2d):
+    """``brainstate.nn.ScaledWSConv2d`` on nbconv's CPU kernels: its arguments, attributes and errors."""
+
+    _conv_op = _standardized_on_kernels
 
 
 class ScaledWSConv3d(brainstate.nn.ScaledWSConv3d):
-    """``brainstate.nn.ScaledWSConv3d`` whose convolution runs on nbconv's CPU kernels.
+    """``brainstate.nn.ScaledWSConv3d`` on nbconv's CPU kernels: its arguments, attributes and errors."""
 
-    brainstate standardizes the weights (in XLA: they are small), then nbconv convolves. The same
-    arguments, attributes, parameters and errors as brainstate's module; see
-    ``brainstate.nn.ScaledWSConv3d``.
-    """
-
-    def _conv_op(self, x, params):
-        return _convolve(self, x, weight_standardization(params["weight"], self.eps, params.get("gain")), params)
+    _conv_op = _standardized_on_kernels
 
 
 # brainstate's class -> nbconv's, and back.
-_SWITCHES = {brainstate.nn.Conv3d: Conv3d, brainstate.nn.ScaledWSConv3d: ScaledWSConv3d}
+_SWITCHES = {ours.__bases__[0]: ours for ours in (Conv1d, Conv2d, Conv3d, ScaledWSConv1d, ScaledWSConv2d,
+                                                    ScaledWSConv3d)}
 _BACK = {ours: theirs for theirs, ours in _SWITCHES.items()}
 
 
 def use_nbconv(model: brainstate.nn.Module, enable: bool = True) -> brainstate.nn.Module:
-    """Switch every ``Conv3d`` and ``ScaledWSConv3d`` module of a brainstate model to nbconv's kernels.
+    """Switch the convolution modules of a brainstate model to nbconv's kernels.
 
-    The modules keep their states, parameters and attributes: only their class changes (to
-    `Conv3d` / `ScaledWSConv3d` of this package, subclasses that add nothing but the kernels), so a
-    function already jitted on the model must be traced again to see it. Modules of exactly
-    brainstate's two classes are switched; a subclass of them, which may compute its own way, is
-    left as it is.
+    Every ``Conv1d``/``2d``/``3d`` and ``ScaledWSConv1d``/``2d``/``3d`` module keeps its states,
+    parameters and attributes: only its class changes (to the class of the same name in this
+    package, a subclass that adds nothing but the kernels), so a function already jitted on the
+    model must be traced again to see it. Modules of exactly brainstate's six classes are switched;
+    a subclass of them, which may compute its own way, is left as it is. brainstate's transposed
+    layers run ``jax.lax.conv_transpose`` and stay as they are.
 
     Parameters
     ----------
