@@ -408,3 +408,18 @@ def test_the_process_exits_with_work_in_flight():
     _python("import jax, jax.numpy as jnp, nbconv.jax as nj\n"
             "x = jnp.ones((4, 24, 24, 24, 8))\n"
             "for _ in range(3): y = jax.jit(lambda a: jnp.sin(nj.conv3d(jnp.cos(a), jnp.ones((3, 3, 3, 8, 8)))))(x)")
+
+
+@pytest.mark.parametrize("shape, padding, lhs_dilation", [((40, 4), "SAME", 1), ((9, 8, 4), [(1, 1), (1, 1)], 2),
+                                                   ((4, 5, 6, 4), "VALID", 1)])
+def test_bench_jax_times_every_dimension(shape, padding, lhs_dilation):
+    """`python -m nbconv bench --jax` on 1-D, 2-D (a transposed layer) and 3-D workloads: brainstate's
+    layer of that dimension on XLA and on nbconv agree, and every runner is timed."""
+    from nbconv.tools import jax_bench
+    from nbconv.tools.workloads import Workload
+
+    jax.config.update("jax_enable_x64", False)
+    wl = Workload("tiny", 2, shape, 6, 3, 1, padding, 1, lhs_dilation, 2, "float32")
+    row = jax_bench.measure(wl, 1)
+    assert row["error"] < 1e-4
+    assert all(row[f"{kind} {name}"] > 0 for kind in ("forward", "step") for name in jax_bench.RUNNERS)

@@ -5,7 +5,7 @@
 [--repeats 7] [--json out.json] [--plot out.png] [--backward | --jax] [--backend cpu|cuda]`
 (--backward: the gradients, conv3d_vjp's dx and dw, against PyTorch autograd's backward, and nbconv's
 dx and dw each over its forward; --jax:
-brainstate's Conv3d under jax.jit, XLA against nbconv.jax, nbconv/tools/jax_bench.py; --backend cuda:
+brainstate's Conv1d/2d/3d under jax.jit, XLA against nbconv.jax, nbconv/tools/jax_bench.py; --backend cuda:
 the CUDA kernels against PyTorch CUDA and JAX on the GPU, nbconv/tools/cuda_bench.py.)
 Each peer's output is first checked against nbconv's, so the table compares the same computation.
 Peers that are not installed are left out of the table.
@@ -265,7 +265,7 @@ def main(argv=None):
     kind.add_argument("--backward", action="store_true",
                       help="time the gradients (dx and dw, conv3d_vjp) against PyTorch autograd's backward")
     kind.add_argument("--jax", action="store_true",
-                      help="brainstate's Conv3d under jax.jit: XLA against nbconv.jax, forward and training step")
+                      help="brainstate's Conv1d/2d/3d under jax.jit: XLA against nbconv.jax, forward and training step")
     parser.add_argument("--backend", choices=["cpu", "cuda"], default="cpu",
                         help="cuda: the CUDA kernels on device arrays against PyTorch CUDA and JAX on the GPU "
                              "(nbconv/tools/cuda_bench.py)")
@@ -274,9 +274,9 @@ def main(argv=None):
         parser.error("--jax compares XLA and nbconv.jax only: it takes no --peers and no --plot")
     if args.backend == "cuda" and (args.jax or args.plot):
         parser.error("--backend cuda compares with PyTorch CUDA and JAX on the GPU: no --jax or --plot")
-    if args.set.startswith("family") and (args.jax or args.backend == "cuda"):
-        parser.error(f"--set {args.set} runs on the CPU against the CPU peers (--backward too); --jax and "
-                     "--backend cuda take the 3-D sets")
+    if args.set.startswith("family") and args.backend == "cuda":
+        parser.error(f"--set {args.set} runs on the CPU (--backward and --jax too); --backend cuda takes the "
+                     "3-D sets")
     if args.backend == "cuda" and args.peers and not set(args.peers.split(",")) <= {"torch", "jax", "none"}:
         parser.error(f"--peers with --backend cuda: some of torch,jax, or none; got {args.peers!r}")
     nbconv.set_num_threads(args.threads)

@@ -1,22 +1,21 @@
-"""`python -m nbconv bench --jax`: brainstate's Conv3d under ``jax.jit``, its convolution on XLA and on
-nbconv (`nbconv.jax`), beside nbconv on NumPy arrays; one process, interleaved medians.
+"""`python -m nbconv bench --jax`: brainstate's Conv1d/2d/3d under ``jax.jit``, its convolution on XLA and
+on nbconv (`nbconv.jax`), beside nbconv on NumPy arrays; one process, interleaved medians.
 
 Per workload: the layer's forward, and a training step: the loss ``mean(y**2)``, its gradients with
 respect to the parameters and to the input (what a layer inside a network needs: dx and dw), and an
-SGD update of the parameters. The NumPy columns are `nbconv.conv3d` and the same step in NumPy
-(`nbconv.conv3d`, the loss, `nbconv.conv3d_vjp` for dx and dw, the update): what the bridge is
+SGD update of the parameters. The NumPy columns are `nbconv.conv3d` (conv1d, conv2d) and the same
+step in NumPy (the convolution, the loss, its vjp for dx and dw, the update): what the bridge is
 measured against.
 """
 import numpy as np
 
-import nbconv
 from nbconv.tools.timing import interleaved_medians
 
 RUNNERS = ("xla", "nbconv.jax", "numpy")  # and "fill" for the forward
 
 
 def layers(wl, w):
-    """brainstate's Conv3d and nbconv.jax's on the workload, with the same weights."""
+    """brainstate's Conv1d/2d/3d and nbconv.jax's on the workload, with the same weights."""
     import brainstate
 
     import nbconv.jax
@@ -24,7 +23,8 @@ def layers(wl, w):
     options = dict(in_size=wl.shape, out_channels=wl.out_channels, kernel_size=wl.kernel, stride=wl.stride,
                    padding=wl.padding, lhs_dilation=wl.lhs_dilation, rhs_dilation=wl.rhs_dilation, groups=wl.groups,
                    w_init=w)
-    return brainstate.nn.Conv3d(**options), nbconv.jax.Conv3d(**options)
+    kind = f"Conv{wl.spatial}d"
+    return getattr(brainstate.nn, kind)(**options), getattr(nbconv.jax, kind)(**options)
 
 
 def runners(layer, x):
@@ -70,16 +70,16 @@ def _measure(wl, repeats):
         forwards[name], steps[name] = runners(layer, xj)
 
     def numpy_step():  # the same step in NumPy: loss, dy, dx, dw and the update
-        y = nbconv.conv3d(x, w, **wl.options)
+        y = wl.conv(x, w)
         loss = np.mean(y**2)
-        dx, dw, _ = nbconv.conv3d_vjp(x, w, (2 / y.size) * y, wrt=("x", "w"), **wl.options)
+        dx, dw, _ = wl.vjp(x, w, (2 / y.size) * y, wrt=("x", "w"))
         return loss, dx, w - 0.01 * dw
 
-    forwards["numpy"] = lambda: nbconv.conv3d(x, w, **wl.options)
+    forwards["numpy"] = lambda: wl.conv(x, w)
     steps["numpy"] = numpy_step
     # XLA writing a fresh result of the forward's shape, and nothing else: a floor of every jitted
     # forward (a fresh buffer faults in every page, which nbconv's NumPy results reuse).
-    fill = jax.jit(lambda x: jax.numpy.full(wl.geometry.out_shape, x[0, 0, 0, 0, 0]))
+    fill = jax.jit(lambda x: jax.numpy.full(wl.out_shape, x.ravel()[0]))
     forwards["fill"] = lambda: fill(xj).block_until_ready()
     error = max(_relative(forwards["nbconv.jax"](), forwards["xla"]()),
                 *map(_relative, jax.tree.leaves(steps["nbconv.jax"]()), jax.tree.leaves(steps["xla"]())))
