@@ -3,7 +3,7 @@ the window of x it needs (docs/volumes.md).
 
 `dask.array.map_overlap` fits stride-1 convolutions whose padding is only at the volume's edges.
 Here each axis's output chunks follow x's (scaled to the output's size), and for each output block
-`_window` works out from the geometry which input elements its taps reach (kernel extent, rhs
+`ConvGeometry.input_window` works out from the geometry which input elements its taps reach (kernel extent, rhs
 dilation, stride, lhs dilation, padding) and the explicit padding that makes a convolution of just
 that window give exactly those outputs: the real pads at the volume's edges, negative ones (a crop)
 or the zeros between dilated inputs inside it. So every option works the same as on NumPy. The
@@ -27,7 +27,6 @@ import numpy as np
 from nbconv import buffers, config
 from nbconv.call import check_out, validate
 from nbconv.dispatch import backend_module
-from nbconv.geometry import dilated
 
 
 def lazy_convolution(call, x, w, bias, backend):
@@ -99,7 +98,7 @@ def _spatial_cuts(in_chunks, geometry, axis):
     """The cuts of a spatial axis: the output chunks follow the input's (`_output_chunks`)."""
     cuts = []
     for o0, o1 in _output_chunks(in_chunks, geometry.in_spatial[axis], geometry.out_spatial[axis]):
-        window = _window(o0, o1, geometry, axis)
+        window = geometry.input_window(axis, o0, o1)
         if window is None:
             cuts.append(_Cut(o1 - o0, 0, (0, 0), None))
         else:
@@ -130,25 +129,6 @@ def _output_chunks(in_chunks, n_in, n_out):
     ends = np.cumsum(in_chunks)
     bounds = sorted({0, n_out, *(round(end * n_out / n_in) if n_in else 0 for end in ends)})
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a] or [(0, 0)]
-
-
-def _window(o0, o1, geometry, axis):
-    """The input range [i0, i1) that outputs o0... o1 - 1 of `axis` read, and the (lo, hi) padding of a
-    convolution of that range alone that gives them; None when they read no real input."""
-    n, k = geometry.in_spatial[axis], geometry.kernel[axis]
-    stride, (lo, _), lhs, rhs = (geometry.stride[axis], geometry.pads[axis], geometry.lhs_dilation[axis],
-                                 geometry.rhs_dilation[axis])
-    if o1 <= o0:
-        return None
-    # taps of outputs o0 .. o1 - 1 reach dilated-and-padded positions first .. last; real input i
-    # sits at i * lhs
-    first, last = o0 * stride - lo, (o1 - 1) * stride + (k - 1) * rhs - lo
-    i0, i1 = max(0, -(-first // lhs)), min(n, last // lhs + 1)
-    if i1 <= i0:
-        return None
-    lo_window = lo - o0 * stride + i0 * lhs
-    hi_window = (o1 - o0 - 1) * stride + dilated(k, rhs) - dilated(i1 - i0, lhs) - lo_window
-    return i0, i1, (lo_window, hi_window)
 
 
 def _halo(chunk, parts):

@@ -171,6 +171,24 @@ class ConvGeometry:
         return dict(stride=self.lhs_dilation, padding=pads, lhs_dilation=self.stride, rhs_dilation=self.rhs_dilation,
                     groups=self.groups)
 
+    def input_window(self, axis, o0, o1):
+        """The input range [i0, i1) that outputs o0... o1 - 1 of `axis` read, and the (lo, hi) padding
+        of a convolution of that range alone that gives them; None when they read no real input (the
+        Dask graph's windows, `nbconv.chunked`; a 1-D dw's segments, `nbconv.gradients`)."""
+        n, k = self.in_spatial[axis], self.kernel[axis]
+        stride, (lo, _), lhs, rhs = self.stride[axis], self.pads[axis], self.lhs_dilation[axis], self.rhs_dilation[axis]
+        if o1 <= o0:
+            return None
+        # taps of outputs o0 .. o1 - 1 reach dilated-and-padded positions first .. last; real input i
+        # sits at i * lhs
+        first, last = o0 * stride - lo, (o1 - 1) * stride + (k - 1) * rhs - lo
+        i0, i1 = max(0, -(-first // lhs)), min(n, last // lhs + 1)
+        if i1 <= i0:
+            return None
+        lo_window = lo - o0 * stride + i0 * lhs
+        hi_window = (o1 - o0 - 1) * stride + dilated(k, rhs) - dilated(i1 - i0, lhs) - lo_window
+        return i0, i1, (lo_window, hi_window)
+
     def tap_tables(self):
         """`tap_index` of the three spatial axes (cached: calls repeat with the same shapes)."""
         return _tap_tables(self)

@@ -216,11 +216,12 @@ def _as_segments(x5, dy5, geometry):
     SEGMENT_TASKS segments a thread, of SEGMENT_POSITIONS outputs or more; None where the call is not
     1-D with stride and input dilation 1 along W, has enough samples, or has too few outputs. The
     weight-gradient kernel splits its tasks by planes, and a signal is one: temporal_1d's dw ran on
-    one thread. Segment s is the outputs s * L ... s * L + L - 1 and the padded inputs they read
-    (`span` - 1 more), copied, so None too where that copies x more than twice over (a long dilated
-    kernel). JAX forms no product with padding, but a segment's padding is zeros in its copy: so dy
-    must be finite where taps fall on padding (as for the kernel's folded rows), and, where the last
-    segment is filled up with outputs of zero dy, x where they read it (0 * Inf is NaN).
+    one thread. Segment s is the outputs s * L ... s * L + L - 1 and a copy of the inputs they read
+    (`ConvGeometry.input_window`) with their padding as zeros, so None too where the copies would
+    hold x more than twice over (a long dilated kernel), or where dy is not finite at outputs with
+    taps on padding: JAX forms no product there, the zeros would make 0 * Inf = NaN (as for the
+    kernel's folded rows). The last segment is filled up with outputs of zero dy, whose taps reach
+    back to the last span - 1 inputs: so None too where those are not finite.
     """
     n, _, _, width, cin = x5.shape
     (_, _, ow), (lo, hi) = geometry.out_spatial, geometry.pads[2]
@@ -231,17 +232,16 @@ def _as_segments(x5, dy5, geometry):
     # Down to half as many segments where that many split the outputs evenly: dy is then a view.
     count = max((c for c in range(max(2, count // 2), count + 1) if ow % c == 0), default=count)
     length, span, signal = -(-ow // count), width + lo + hi - ow + 1, x5.reshape(n, width, cin)
-    first, end = max(0, -lo), min(width, width + hi)  # the inputs inside the pads (at i + lo once padded)
     if span - 1 > length or not weight_grad.finite_at_w_edges(dy5, geometry) or (
-            count * length > ow and not np.isfinite(signal[:, max(first, ow - lo):end]).all()):
+            count * length > ow and not np.isfinite(signal[:, max(0, ow - lo):min(width, width + hi)]).all()):
         return None
     windows = buffers.empty((n, count, length + span - 1, cin), x5.dtype)
     for segment, window in enumerate(windows.swapaxes(0, 1)):
-        start = segment * length - lo  # the input at the window's first place
-        inside = range(max(start, first), max(min(start + window.shape[1], end), max(start, first)))
-        window[:, :inside.start - start] = 0
-        window[:, inside.start - start:inside.stop - start] = signal[:, inside.start:inside.stop]
-        window[:, inside.stop - start:] = 0
+        reach = geometry.input_window(2, segment * length, min(segment * length + length, ow))
+        i0, i1, (at, _) = reach or (0, 0, (0, 0))  # inputs i0... i1 - 1 at `at` in the window
+        window[:, :at] = 0
+        window[:, at:at + i1 - i0] = signal[:, i0:i1]
+        window[:, at + i1 - i0:] = 0
     cotangents = dy5.reshape(n, ow, -1)
     if count * length > ow:
         cotangents = np.concatenate((cotangents, np.zeros((n, count * length - ow, dy5.shape[-1]), dy5.dtype)), 1)
