@@ -143,13 +143,14 @@ def _block(typingctx, source, at, step, target, to, target_step):
         rows = [builder.load(address(source, at, step, i), align=align) for i in range(BLOCK)]
         size = 1
         while size < BLOCK:
+            # lanes of rows i (and, from BLOCK on, i + size) that rows i and i + size take
+            low = [k if not k & size else BLOCK + k - size for k in range(BLOCK)]
+            high = [k + size if not k & size else BLOCK + k for k in range(BLOCK)]
+            masks = [ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), lanes) for lanes in (low, high)]
             swapped_rows = list(rows)
             for i in (i for i in range(BLOCK) if not i & size):
-                low = [k if not k & size else BLOCK + k - size for k in range(BLOCK)]
-                high = [k + size if not k & size else BLOCK + k for k in range(BLOCK)]
-                for row, mask in ((i, low), (i + size, high)):
-                    swapped_rows[row] = builder.shuffle_vector(rows[i], rows[i + size], ir.Constant(
-                        ir.VectorType(ir.IntType(32), BLOCK), mask))
+                for row, mask in zip((i, i + size), masks):
+                    swapped_rows[row] = builder.shuffle_vector(rows[i], rows[i + size], mask)
             rows, size = swapped_rows, 2 * size
         for j, row in enumerate(rows):
             builder.store(row, address(target, to, target_step, j), align=align)
