@@ -329,6 +329,50 @@ def test_family_layers_match_brainstate(kind, options):
                  got, want)
 
 
+@st.composite
+def transposed_layers(draw):
+    """brainstate's ConvTranspose1d/2d/3d arguments: every padding form, strides, kernel dilation,
+    groups, both channel layouts and a weight mask."""
+    count = draw(st.sampled_from([1, 2, 3]))
+    per_axis = lambda low, high: st.lists(st.integers(low, high), min_size=count, max_size=count).map(tuple)  # noqa
+    groups, channel_first = draw(st.sampled_from([1, 1, 2])), draw(st.booleans())
+    spatial, in_channels = draw(per_axis(1, 5)), groups * draw(st.integers(1, 3))
+    pairs = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=count, max_size=count)
+    options = dict(in_size=(in_channels, *spatial) if channel_first else (*spatial, in_channels),
+                   out_channels=groups * draw(st.integers(1, 3)), kernel_size=draw(per_axis(1, 3)),
+                   stride=draw(per_axis(1, 3)), rhs_dilation=draw(per_axis(1, 2)), groups=groups,
+                   padding=draw(st.one_of(st.sampled_from(["SAME", "VALID"]), st.integers(0, 2), pairs)),
+                   channel_first=channel_first)
+    if draw(st.booleans()):
+        shape = (*options["kernel_size"], options["out_channels"], in_channels // groups)
+        options["w_mask"] = (np.random.default_rng(count).random(shape) > 0.3).astype(np.float32)
+    return f"ConvTranspose{count}d", options
+
+
+@settings(max_examples=20, deadline=None)
+@given(transposed_layers())
+def test_transposed_layers_match_brainstate(layer):
+    """The transposed layers (brainstate's kernel flipped over the input dilated by the stride, on
+    the kernels): brainstate's attributes, outputs and weight, bias and input gradients within
+    float32 rounding."""
+    jax.config.update("jax_enable_x64", False)
+    kind, options = layer
+    theirs, ours = _pair(kind, options, b_init=brainstate.nn.init.Normal())
+    for name in ("in_size", "out_size", "kernel_shape", "stride", "padding", "padding_mode", "rhs_dilation"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *options["in_size"])), jnp.float32)
+    assert "nbconv_convolution" in str(jax.make_jaxpr(ours)(x))
+    np.testing.assert_allclose(jax.jit(ours)(x), theirs(x), rtol=1e-4, atol=1e-4)
+
+    def loss(layer):
+        return lambda params, x: (layer._conv_op(x, params) ** 2).mean()
+
+    got = jax.jit(jax.grad(loss(ours), (0, 1)))(ours.weight.value, x)
+    want = jax.grad(loss(theirs), (0, 1))(theirs.weight.value, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max())),
+                 got, want)
+
+
 def test_layer_errors_are_brainstates():
     for bad in [dict(in_size=(4, 4, 4), out_channels=2, kernel_size=3),
                 dict(in_size=(4, 4, 4, 3), out_channels=2, kernel_size=3, groups=2),
@@ -350,7 +394,8 @@ def test_use_nbconv_switches_a_model_and_back():
                                    brainstate.nn.ScaledWSConv3d((6, 6, 6, 4), 3, 3))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 6, 6, 2)), jnp.float32)
     image = brainstate.nn.Sequential(brainstate.nn.Conv2d((6, 6, 2), 4, 3),
-                                     brainstate.nn.ScaledWSConv2d((6, 6, 4), 3, 3))
+                                     brainstate.nn.ScaledWSConv2d((6, 6, 4), 3, 3),
+                                     brainstate.nn.ConvTranspose2d((6, 6, 3), 2, 2, stride=2))
     signal = brainstate.nn.Sequential(brainstate.nn.Conv1d((6, 2), 4, 3), brainstate.nn.ScaledWSConv1d((6, 4), 3, 3))
     inputs = [x, x[:, 0], x[:, 0, 0]]
     models = [net, image, signal]
@@ -359,7 +404,8 @@ def test_use_nbconv_switches_a_model_and_back():
     assert nbjax.use_nbconv(net) is net
     assert [type(m) for m in net.layers] == [nbjax.Conv3d, brainstate.nn.ReLU, nbjax.ScaledWSConv3d]
     nbjax.use_nbconv(image), nbjax.use_nbconv(signal)
-    assert [type(m) for m in image.layers + signal.layers] == [nbjax.Conv2d, nbjax.ScaledWSConv2d, nbjax.Conv1d,
+    assert [type(m) for m in image.layers + signal.layers] == [nbjax.Conv2d, nbjax.ScaledWSConv2d,
+                                                                 nbjax.ConvTranspose2d, nbjax.Conv1d,
                                                                  nbjax.ScaledWSConv1d]
     for model, a, want in zip(models, inputs, before):
         assert "nbconv_convolution" in str(jax.make_jaxpr(model.update)(a))

@@ -1,13 +1,15 @@
 """nbconv's kernels inside JAX programs (``pip install 'nbconv[jax]'``), imported only when used.
 
 `conv_general_dilated` (1-3 spatial axes) and `conv3d` take JAX arrays and work under ``jax.jit``,
-``jax.grad``, ``jax.vmap`` and ``jax.lax.scan``. `Conv1d`, `Conv2d`, `Conv3d` and their
-``ScaledWS`` forms are brainstate modules whose convolution runs on nbconv, and `use_nbconv` switches
-an existing brainstate model over; they import brainstate when first used (docs/jax.md).
+``jax.grad``, ``jax.vmap`` and ``jax.lax.scan``. `Conv1d`, `Conv2d`, `Conv3d`, their ``ScaledWS``
+forms and `ConvTranspose1d`/`2d`/`3d` are brainstate modules whose convolution runs on nbconv, and
+`use_nbconv` switches an existing brainstate model over; they import brainstate when first used
+(docs/jax.md).
 """
 from nbconv.jax.functional import conv3d, conv_general_dilated
 
-_BRAINSTATE = ("Conv1d", "Conv2d", "Conv3d", "ScaledWSConv1d", "ScaledWSConv2d", "ScaledWSConv3d", "use_nbconv")
+_BRAINSTATE = ("Conv1d", "Conv2d", "Conv3d", "ScaledWSConv1d", "ScaledWSConv2d", "ScaledWSConv3d", "ConvTranspose1d",
+               "ConvTranspose2d", "ConvTranspose3d", "use_nbconv")
 __all__ = ["conv_general_dilated", "conv3d", *_BRAINSTATE]
 
 
