@@ -251,6 +251,22 @@ def test_gathered_packing_is_pack_weights(dtype, groups, cin_g, cout_g):
     np.testing.assert_array_equal(blocked._gather(bias, bias_index), blocked.pack_weights(bias_taps, blocking))
 
 
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [("float32", 1, 5, 128), ("float64", 1, 3, 64),
+                                                       ("float32", 2, 4, 96), ("float32", 1, 5, 70)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_dense_packing_is_pack_weights(dtype, groups, cin_g, cout_g, contiguous):
+    """The per-call packing of dense and wide-group weights (K = 1: whole blocks cut apart on every
+    thread where no zeros pad them) is `pack_weights`, the layout's definition."""
+    rng = np.random.default_rng(cin_g)
+    w = rng.standard_normal((2, 3, 1, cin_g, groups * cout_g)).astype(dtype)
+    w = w if contiguous else np.asfortranarray(w)
+    geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), w.shape, stride=1, padding="SAME", lhs_dilation=1,
+                             rhs_dilation=1, groups=groups, channel_first=False)
+    blocking, weight_index, _ = blocked._packing(geometry, np.dtype(dtype))
+    assert weight_index is None and blocking.spread == 1
+    np.testing.assert_array_equal(blocked._packed(w, blocking, None), blocked.pack_weights(w, blocking))
+
+
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g, phases", [
     ("float32", 8, 8, "L/2", 2),
     ("float32", 4, 4, "L/4", lambda lanes: 4 if lanes > 4 else 1),  # K = 4 = L groups: whole vectors
