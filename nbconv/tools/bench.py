@@ -343,7 +343,12 @@ def cuda_table(rows, columns, failures):
 
 
 def write_json(args, argv, peak, rows, **kind):
-    """A run's rows with its target, peak, threads, set and experiment, and `kind` (what ran), to args.json."""
+    """A run's rows with its target, peak, threads, set and experiment, and `kind` (what ran), to args.json.
+
+    The experiment is taken before the file is opened: opening it empties it, and a checkout's own
+    results file, emptied, would make its commit read "dirty".
+    """
+    result = {"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "set": args.set,
+              **kind, **experiment(argv), "rows": rows}
     with open(args.json, "w") as f:
-        json.dump({"target": TARGET._asdict(), "fma_peak_gflops": peak, "threads": args.threads, "set": args.set,
-                   **kind, **experiment(argv), "rows": rows}, f, indent=1)
+        json.dump(result, f, indent=1)
