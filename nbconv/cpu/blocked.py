@@ -228,7 +228,7 @@ def _packing(geometry, dtype):
     index plus one (0 for the zero padding), in integers as wide as the values, so that they fill as
     many lanes. One lookup per call. The weights of K > 1 are packed by this gather (NumPy's copies
     of those transposes, with K-element inner axes, pay their iterator's overhead every K values);
-    with K = 1, pack_weights is a reshape and at most one plain copy, faster than a gather: None."""
+    with K = 1, a reshape and at most one copy of whole blocks (`_packed`), faster than a gather: None."""
     dtype = np.dtype(dtype)
     blocking, cout, integers = _blocking(geometry, dtype), geometry.out_channels, f"i{dtype.itemsize}"
     weight_index = None
