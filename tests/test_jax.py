@@ -267,6 +267,18 @@ LAYER_OPTIONS = [
 ]
 
 
+def _assert_gradients_match(ours, theirs, x, argnums):
+    """The gradients of mean(layer(x) ** 2) in the parameters (argnums 0) and x (1): ours jitted,
+    within float32 rounding of brainstate's (both sides sum the same products in another order)."""
+    def loss(layer):
+        return lambda params, x: (layer._conv_op(x, params) ** 2).mean()
+
+    got = jax.jit(jax.grad(loss(ours), argnums))(ours.weight.value, x)
+    want = jax.grad(loss(theirs), argnums)(theirs.weight.value, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max())),
+                 got, want)
+
+
 def _pair(kind, options, **extra):
     """brainstate's layer and nbconv.jax's, built alike from the same seed."""
     brainstate.random.seed(3)
@@ -290,14 +302,7 @@ def test_layers_match_brainstate(kind, options):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *options["in_size"])), jnp.float32)
     np.testing.assert_allclose(jax.jit(ours)(x), theirs(x), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ours(x[0]), theirs(x[0]), rtol=1e-4, atol=1e-4)
-
-    def loss(layer):
-        return lambda params, x: (layer._conv_op(x, params) ** 2).mean()
-
-    got = jax.jit(jax.grad(loss(ours), (0, 1)))(ours.weight.value, x)
-    want = jax.grad(loss(theirs), (0, 1))(theirs.weight.value, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max())),
-                 got, want)
+    _assert_gradients_match(ours, theirs, x, (0, 1))
 
 
 FAMILY_OPTIONS = [
@@ -319,14 +324,7 @@ def test_family_layers_match_brainstate(kind, options):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *options["in_size"])), jnp.float32)
     assert "nbconv_convolution" in str(jax.make_jaxpr(ours)(x))
     np.testing.assert_allclose(jax.jit(ours)(x), theirs(x), rtol=1e-4, atol=1e-4)
-
-    def loss(layer):
-        return lambda params, x: (layer._conv_op(x, params) ** 2).mean()
-
-    got = jax.jit(jax.grad(loss(ours)))(ours.weight.value, x)
-    want = jax.grad(loss(theirs))(theirs.weight.value, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max())),
-                 got, want)
+    _assert_gradients_match(ours, theirs, x, 0)
 
 
 @st.composite
@@ -363,14 +361,7 @@ def test_transposed_layers_match_brainstate(layer):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, *options["in_size"])), jnp.float32)
     assert "nbconv_convolution" in str(jax.make_jaxpr(ours)(x))
     np.testing.assert_allclose(jax.jit(ours)(x), theirs(x), rtol=1e-4, atol=1e-4)
-
-    def loss(layer):
-        return lambda params, x: (layer._conv_op(x, params) ** 2).mean()
-
-    got = jax.jit(jax.grad(loss(ours), (0, 1)))(ours.weight.value, x)
-    want = jax.grad(loss(theirs), (0, 1))(theirs.weight.value, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * float(jnp.abs(b).max())),
-                 got, want)
+    _assert_gradients_match(ours, theirs, x, (0, 1))
 
 
 def test_layer_errors_are_brainstates():
