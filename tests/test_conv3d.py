@@ -251,20 +251,27 @@ def test_gathered_packing_is_pack_weights(dtype, groups, cin_g, cout_g):
     np.testing.assert_array_equal(blocked._gather(bias, bias_index), blocked.pack_weights(bias_taps, blocking))
 
 
-@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [("float32", 1, 5, 128), ("float64", 1, 3, 64),
-                                                       ("float32", 2, 4, 96), ("float32", 1, 5, 70)])
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_dense_packing_is_pack_weights(dtype, groups, cin_g, cout_g, contiguous):
-    """The per-call packing of dense and wide-group weights (K = 1: whole blocks cut apart on every
-    thread where no zeros pad them) is `pack_weights`, the layout's definition."""
+@pytest.mark.parametrize("dtype, groups, cin_g, cout_g", [("float32", 1, 16, 128), ("float64", 1, 8, 64),
+                                                       ("float32", 2, 8, 96), ("float32", 1, 16, 70)])
+@pytest.mark.parametrize("layout", ["C", "read-only", "F"])
+def test_dense_packing_is_pack_weights(dtype, groups, cin_g, cout_g, layout, monkeypatch):
+    """The per-call packing of dense and wide-group weights (K = 1) is `pack_weights`, the layout's
+    definition: whole blocks of C-contiguous weights (read-only ones too, as JAX passes them) cut
+    apart on every thread, without `pack_weights`; the zero-padded 70 channels and F-ordered weights
+    through it."""
     rng = np.random.default_rng(cin_g)
-    w = rng.standard_normal((2, 3, 1, cin_g, groups * cout_g)).astype(dtype)
-    w = w if contiguous else np.asfortranarray(w)
+    w = rng.standard_normal((3, 3, 3, cin_g, groups * cout_g)).astype(dtype)  # over PARALLEL_PACK_BYTES
+    w = np.asfortranarray(w) if layout == "F" else w
+    w.flags.writeable = layout != "read-only"
     geometry = conv_geometry((1, 4, 4, 4, groups * cin_g), w.shape, stride=1, padding="SAME", lhs_dilation=1,
                              rhs_dilation=1, groups=groups, channel_first=False)
     blocking, weight_index, _ = blocked._packing(geometry, np.dtype(dtype))
     assert weight_index is None and blocking.spread == 1
-    np.testing.assert_array_equal(blocked._packed(w, blocking, None), blocked.pack_weights(w, blocking))
+    want = blocked.pack_weights(w, blocking)
+    assert w.nbytes >= blocked.PARALLEL_PACK_BYTES
+    if layout != "F" and cout_g != 70:  # every target's vectors split these channels into whole blocks
+        monkeypatch.setattr(blocked, "pack_weights", None)
+    np.testing.assert_array_equal(blocked._packed(w, blocking, None), want)
 
 
 @pytest.mark.parametrize("dtype, groups, cin_g, cout_g, phases", [

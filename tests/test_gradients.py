@@ -94,6 +94,10 @@ WEIGHT_GRADIENT_CASES = [
     ((2, 3, 4, 9, 5), (3, 2, 3, 5, 40), dict(stride=(1, 2, 2), lhs_dilation=(2, 1, 3), rhs_dilation=(1, 2, 2),
                                              padding=((2, 1), (1, 2), (3, 0)))),
     ((1, 3, 4, 6, 40), (1, 1, 1, 40, 8), dict(padding="VALID")),
+    # x's rows transposed in 8 x 8 register blocks (`layout.swapped`): groups of whole vectors, and
+    # input dilation's classes with several blocks of output channels copied as runs
+    ((1, 2, 3, 20, 32), (2, 2, 3, 16, 40), dict(groups=2, padding="SAME")),
+    ((1, 2, 3, 9, 16), (1, 2, 3, 16, 200), dict(lhs_dilation=(1, 1, 2), padding=1)),
     ((2, 3, 3, 8, 3), (3, 3, 3, 3, 32), dict(padding="SAME", rhs_dilation=(1, 1, 2))),
     # groups narrower than a vector, packed K to one: W taps as pixels (depthwise, a channel multiplier,
     # two input channels a group, W dilation), and transposed rows (W stride: phases; W input dilation:

@@ -329,10 +329,13 @@ def test_family_layers_match_brainstate(kind, options):
 
 @st.composite
 def transposed_layers(draw):
-    """brainstate's ConvTranspose1d/2d/3d arguments: every padding form, strides, kernel dilation,
-    groups, both channel layouts and a weight mask."""
+    """brainstate's ConvTranspose1d/2d/3d arguments: "SAME", "VALID", an int and (lo, hi) pairs of
+    padding, strides, kernel dilation, groups, both channel layouts and a weight mask."""
     count = draw(st.sampled_from([1, 2, 3]))
-    per_axis = lambda low, high: st.lists(st.integers(low, high), min_size=count, max_size=count).map(tuple)  # noqa
+
+    def per_axis(low, high):
+        return st.lists(st.integers(low, high), min_size=count, max_size=count).map(tuple)
+
     groups, channel_first = draw(st.sampled_from([1, 1, 2])), draw(st.booleans())
     spatial, in_channels = draw(per_axis(1, 5)), groups * draw(st.integers(1, 3))
     pairs = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), min_size=count, max_size=count)

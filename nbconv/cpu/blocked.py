@@ -72,6 +72,10 @@ SHORT_TAP = 16
 # more than they hide (docs/design.md). The cost of streaming: whoever reads a streamed result next
 # finds it in memory, not in the L3 cache.
 PREFETCH_OUT_BYTES = 4 << 20
+# Weights of this many bytes or more are packed on every thread (`_packed`). Whole calls, AVX2 forced on a
+# Zen 4, parallel against NumPy's packing: 1.5 KB of weights 0.97x, 36 KB 0.93x, 64 KB 1.25x, 147 KB
+# 1.62x (natively, with fewer and longer blocks: 0.90x, 1.01x, 1.00x, 1.01x; at 4dbe072).
+PARALLEL_PACK_BYTES = 64 << 10
 
 
 def spread_for(geometry, dtype):
@@ -206,11 +210,13 @@ def _packed(w, blocking, weight_index):
     whole (K = 1, no zero padding), they are cut apart by regroup's copy of a unit's channels, on
     every thread: NumPy's copy of the transpose moves one block at a time (64 bytes with 2 AVX2
     vectors), serially, and ResNet-50's 128-channel weights took 0.2-1.3 ms so, as long as the
-    convolution (the most after another call, while its threads still spin beside the copy)."""
+    convolution (the most after another call, while its threads still spin beside the copy). Weights
+    under PARALLEL_PACK_BYTES stay with NumPy, whose copy costs less than a launch there."""
     if weight_index is not None:
         return _gather(w, weight_index)
     parts = blocking.units * blocking.blocks
-    if parts == 1 or w.shape[-1] != parts * blocking.vectors * lanes(w.dtype) or not w.flags.c_contiguous:
+    if (parts == 1 or w.shape[-1] != parts * blocking.vectors * lanes(w.dtype) or not w.flags.c_contiguous
+            or w.nbytes < PARALLEL_PACK_BYTES):
         return pack_weights(w, blocking)
     rows = w.reshape(1, 1, -1, 1, w.shape[-1])  # (tap, step) rows, each of `parts` blocks
     *kernel, cin_g, _ = w.shape
@@ -228,7 +234,8 @@ def _packing(geometry, dtype):
     index plus one (0 for the zero padding), in integers as wide as the values, so that they fill as
     many lanes. One lookup per call. The weights of K > 1 are packed by this gather (NumPy's copies
     of those transposes, with K-element inner axes, pay their iterator's overhead every K values);
-    with K = 1, a reshape and at most one copy of whole blocks (`_packed`), faster than a gather: None."""
+    with K = 1, a reshape and NumPy's copies or a parallel one of whole blocks (`_packed`), faster
+    than a gather: None."""
     dtype = np.dtype(dtype)
     blocking, cout, integers = _blocking(geometry, dtype), geometry.out_channels, f"i{dtype.itemsize}"
     weight_index = None
